@@ -1,0 +1,44 @@
+# Every target sets itself up: a .venv with pinned dependencies, then bnkit installed into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bnkit-installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# Keep caches inside the project so runs leave the home folder alone.
+export MPLCONFIGDIR := $(CURDIR)/.venv/.mpl
+export KERAS_HOME   := $(CURDIR)/.venv/.keras
+export KERAS_BACKEND := torch
+
+.PHONY: all demo test lint types pytest bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt "torch==2.13.0"
+	$(PIP) install -c constraints.txt -e ".[cli,study,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bnkit explain --demo
+	$(BIN)/bnkit policies
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint types pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_forward.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

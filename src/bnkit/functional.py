@@ -1,0 +1,81 @@
+"""The pure functional core: BatchNorm math on the statistics it is given.
+
+Nothing here decides *which* statistics to use; :mod:`bnkit._managed` does that from a policy.
+The formulas are in :mod:`bnkit.policy`. Each function runs on PyTorch's own BatchNorm kernels
+(``torch.batch_norm`` and ``torch.batch_norm_update_stats``), so wherever ``nn.BatchNorm`` can
+express a behaviour the results are bit-for-bit the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "batch_stats",
+    "normalize",
+    "normalize_with_batch",
+    "update_running_stats",
+    "values_per_channel",
+]
+
+
+def values_per_channel(x: Tensor) -> int:
+    """How many values each channel's batch statistics are computed from (``numel / C``)."""
+    n = 1
+    for i, size in enumerate(x.shape):
+        if i != 1:
+            n *= size
+    return n
+
+
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Normalize ``x`` with the given per-channel ``mean`` and biased ``var``, then scale/shift.
+
+    No gradient flows to ``mean`` or ``var``; they are treated as constants.
+    """
+    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+
+def normalize_with_batch(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    factor: float = 0.0,
+) -> Tensor:
+    """Normalize ``x`` with its own batch statistics (gradients flow through them).
+
+    When ``running_mean``/``running_var`` are given they are updated in place with factor
+    ``factor`` (see :mod:`bnkit.policy`), in the same kernel as the normalization.
+    """
+    return F.batch_norm(x, running_mean, running_var, weight, bias, True, factor, eps)
+
+
+def update_running_stats(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, factor: float
+) -> tuple[Tensor, Tensor]:
+    """Update the running statistics in place from the batch ``x``; return its mean and biased var.
+
+    Builds no autograd graph.
+    """
+    with torch.no_grad():
+        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, factor)
+    return mean, var
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel batch mean and biased variance of ``x`` (no autograd graph)."""
+    with torch.no_grad():
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+    return mean, var
