@@ -11,6 +11,7 @@ behaviour, while parameters, buffers, ``state_dict`` keys and hooks stay exactly
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -172,28 +173,39 @@ class PolicyForward(_BatchNorm):
         self, x: Tensor, weight: Tensor | None, bias: Tensor | None, plan: Plan
     ) -> Tensor:
         mean, var = self._bnkit_running()
-        old_mean, old_var = mean.clone(), var.clone()
         counted = self._bnkit_count()
-        if plan.cumulative and torch.compiler.is_compiling():
-            out = self._bnkit_batch_normalize(x, weight, bias, None, None, 0.0)
-            self._bnkit_cumulative_tensor_update(x)
-        else:
-            factor = self._bnkit_factor(plan)
-            out = self._bnkit_batch_normalize(x, weight, bias, mean, var, factor)
-        self._bnkit_guard(old_mean, old_var, counted)
+        if _sync_free(mean):
+            # The kernel updates copies (autograd saves what it is given), selected on the device.
+            new_mean, new_var = mean.clone(), var.clone()
+            if plan.cumulative and torch.compiler.is_compiling():
+                out = self._bnkit_batch_normalize(x, weight, bias, None, None, 0.0)
+                self._bnkit_cumulative_tensor_update(x, new_mean, new_var)
+            else:
+                factor = self._bnkit_factor(plan)
+                out = self._bnkit_batch_normalize(x, weight, bias, new_mean, new_var, factor)
+            self._bnkit_select(new_mean, new_var, counted)
+            return out
+        old_mean, old_var = mean.clone(), var.clone()
+        out = self._bnkit_batch_normalize(x, weight, bias, mean, var, self._bnkit_factor(plan))
+        self._bnkit_check(old_mean, old_var, counted)
         return out
 
     def _bnkit_running_with_update(
         self, x: Tensor, weight: Tensor | None, bias: Tensor | None, plan: Plan
     ) -> Tensor:
         mean, var = self._bnkit_running()
-        used_mean, used_var = mean.clone(), var.clone()
+        used_mean, used_var = BF.snapshot(mean), BF.snapshot(var)
         counted = self._bnkit_count()
-        if plan.cumulative and torch.compiler.is_compiling():
-            self._bnkit_cumulative_tensor_update(x)
+        if _sync_free(mean):
+            new_mean, new_var = mean.clone(), var.clone()
+            if plan.cumulative and torch.compiler.is_compiling():
+                self._bnkit_cumulative_tensor_update(x, new_mean, new_var)
+            else:
+                BF.update_running_stats(x, new_mean, new_var, self._bnkit_factor(plan))
+            self._bnkit_select(new_mean, new_var, counted)
         else:
             BF.update_running_stats(x, mean, var, self._bnkit_factor(plan))
-        self._bnkit_guard(used_mean, used_var, counted)
+            self._bnkit_check(used_mean, used_var, counted)
         return BF.normalize(x, used_mean, used_var, weight, bias, self.eps)
 
     # ----------------------------------------------------------------- updates
@@ -211,36 +223,37 @@ class PolicyForward(_BatchNorm):
         assert nbt is not None  # checked when the policy was applied
         return 1.0 / float(nbt)
 
-    def _bnkit_cumulative_tensor_update(self, x: Tensor) -> None:
-        # torch.compile cannot read the counter on the host; same formula, tensor factor.
-        mean, var = self._bnkit_running()
+    def _bnkit_cumulative_tensor_update(self, x: Tensor, mean: Tensor, var: Tensor) -> None:
+        # torch.compile cannot read the counter on the host: keep the factor on the device.
         nbt = self.num_batches_tracked
         assert nbt is not None
-        n = BF.values_per_channel(x)
-        batch_mean, batch_var = BF.batch_stats(x)
-        factor = 1.0 / nbt.to(mean.dtype)
-        mean.mul_(1 - factor).add_(factor * batch_mean)
-        var.mul_(1 - factor).add_(factor * batch_var * (n / (n - 1)))
+        BF.update_running_stats(x, mean, var, 1.0 / nbt.to(mean.dtype))
 
-    def _bnkit_guard(self, old_mean: Tensor, old_var: Tensor, counted: bool) -> None:
-        """Undo an update that turned finite running statistics into NaN/Inf."""
+    def _bnkit_select(self, new_mean: Tensor, new_var: Tensor, counted: bool) -> None:
+        """Write the updated statistics unless they turned finite ones into NaN/Inf (no sync)."""
         mean, var = self._bnkit_running()
-        keep = (torch.isfinite(mean).all() & torch.isfinite(var).all()) | ~(
-            torch.isfinite(old_mean).all() & torch.isfinite(old_var).all()
-        )
-        nbt = self.num_batches_tracked if counted else None
-        if torch.compiler.is_compiling() or mean.device.type != "cpu":
-            # No host synchronization: select on the device.
-            mean.copy_(torch.where(keep, mean, old_mean))
-            var.copy_(torch.where(keep, var, old_var))
-            if nbt is not None:
-                nbt.sub_((~keep).to(nbt.dtype))
+        keep = torch.isfinite(new_mean + new_var).all() | ~torch.isfinite(mean + var).all()
+        mean.copy_(torch.where(keep, new_mean, mean))
+        var.copy_(torch.where(keep, new_var, var))
+        nbt = self.num_batches_tracked
+        if counted and nbt is not None:
+            nbt.sub_((~keep).to(nbt.dtype))
+
+    def _bnkit_check(self, old_mean: Tensor, old_var: Tensor, counted: bool) -> None:
+        """Undo, with a warning, an update that turned finite statistics into NaN/Inf."""
+        mean, var = self._bnkit_running()
+        # One reduction read on the host: NaN/Inf anywhere makes the sum non-finite.
+        if math.isfinite(mean.sum().add_(var.sum()).item()):
             return
-        if bool(keep):
-            return
-        mean.copy_(old_mean)
-        var.copy_(old_var)
-        if nbt is not None:
+        if bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
+            return  # only the sum overflowed
+        if not bool(torch.isfinite(old_mean).all() & torch.isfinite(old_var).all()):
+            return  # already non-finite before this batch: nothing to protect
+        # .data: autograd may hold the buffers for the backward of this forward.
+        mean.data.copy_(old_mean)
+        var.data.copy_(old_var)
+        nbt = self.num_batches_tracked
+        if counted and nbt is not None:
             nbt.sub_(1)
         warnings.warn(
             NonFiniteBatchWarning(
@@ -258,6 +271,11 @@ class PolicyForward(_BatchNorm):
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The managed class is made on the fly; pickle it as "managed version of <original>".
         return (_rebuild, (_original_class(type(self)),), self.__dict__)
+
+
+def _sync_free(t: Tensor) -> bool:
+    """Whether guards must avoid host synchronization (compiled graphs, accelerators)."""
+    return torch.compiler.is_compiling() or t.device.type != "cpu"
 
 
 class PolicyForwardSync(PolicyForward, nn.SyncBatchNorm):
@@ -313,7 +331,8 @@ def managed_class(cls: type[_BatchNorm]) -> type[_BatchNorm]:
             "__doc__": cls.__doc__,
             "_bnkit_dims": _NATIVE_DIMS.get(cls._check_input_dim),
         }
-        managed = type(cls.__name__, (cls, mixin), namespace)
+        bases = (mixin,) if issubclass(mixin, cls) else (cls, mixin)
+        managed = type(cls.__name__, bases, namespace)
         _CLASSES[cls] = managed
         _ORIGINALS[managed] = cls
     return _CLASSES[cls]

@@ -8,6 +8,8 @@ express a behaviour the results are bit-for-bit the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,9 +18,33 @@ __all__ = [
     "batch_stats",
     "normalize",
     "normalize_with_batch",
+    "snapshot",
     "update_running_stats",
     "values_per_channel",
 ]
+
+
+def _snapshot_impl(t: Tensor) -> Tensor:
+    return t.clone()
+
+
+_snapshot_op: Callable[[Tensor], Tensor]
+if hasattr(torch.library, "custom_op"):
+    # An opaque copy. Under torch.compile, a plain clone of a buffer that the same graph then
+    # updates may be recomputed in the backward from the *updated* buffer (a partitioner bug in
+    # torch 2.13, pytorch/pytorch#197039), giving wrong gradients; an opaque op is saved instead.
+    _op = torch.library.custom_op("bnkit::snapshot", mutates_args=())(_snapshot_impl)
+    _op.register_fake(lambda t: torch.empty_like(t))
+    _snapshot_op = _op
+else:  # pragma: no cover - torch < 2.4
+    _snapshot_op = _snapshot_impl
+
+
+def snapshot(t: Tensor) -> Tensor:
+    """A copy of ``t`` that stays a copy when traced by ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return _snapshot_op(t)
+    return t.clone()
 
 
 def values_per_channel(x: Tensor) -> int:
@@ -63,14 +89,22 @@ def normalize_with_batch(
 
 
 def update_running_stats(
-    x: Tensor, running_mean: Tensor, running_var: Tensor, factor: float
+    x: Tensor, running_mean: Tensor, running_var: Tensor, factor: float | Tensor
 ) -> tuple[Tensor, Tensor]:
     """Update the running statistics in place from the batch ``x``; return its mean and biased var.
 
-    Builds no autograd graph.
+    Builds no autograd graph. ``factor`` may be a tensor (a cumulative factor read on the device).
     """
     with torch.no_grad():
-        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, factor)
+        if isinstance(factor, Tensor) or torch.compiler.is_compiling():
+            # torch.batch_norm_update_stats writes its buffers without declaring it, so a traced
+            # graph would drop the write: spell the update out instead.
+            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+            n = values_per_channel(x)
+            running_mean.mul_(1 - factor).add_(factor * mean)
+            running_var.mul_(1 - factor).add_(factor * var * (n / (n - 1)))
+        else:
+            mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, factor)
     return mean, var
 
 

@@ -1,0 +1,109 @@
+"""Test helpers: BatchNorm twins with random state, and an independent decision table."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import bnkit
+from bnkit.policy import Affine, Normalize, Phase, Policy, Update
+
+BN_FOR_DIM: dict[int, type[_BatchNorm]] = {
+    2: nn.BatchNorm1d,
+    3: nn.BatchNorm1d,
+    4: nn.BatchNorm2d,
+    5: nn.BatchNorm3d,
+}
+
+
+def randomize(layer: _BatchNorm, seed: int = 0) -> _BatchNorm:
+    """Give a layer non-trivial gamma, beta and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    c = layer.num_features
+    with torch.no_grad():
+        if layer.weight is not None:
+            layer.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(c, generator=g) * 0.3)
+        if layer.running_mean is not None and layer.running_var is not None:
+            layer.running_mean.copy_(torch.randn(c, generator=g))
+            layer.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            assert layer.num_batches_tracked is not None
+            layer.num_batches_tracked.fill_(3)
+    return layer
+
+
+def make_layer(dim: int, c: int, dtype: torch.dtype = torch.float32, **kw: object) -> _BatchNorm:
+    return randomize(BN_FOR_DIM[dim](c, dtype=dtype, **kw))  # type: ignore[arg-type]
+
+
+def uses_batch(policy: Policy, training: bool) -> bool:
+    """Which statistics normalize, read off the axes (independent of bnkit's own helpers)."""
+    if policy.normalize is Normalize.PHASE:
+        return training
+    return policy.normalize is Normalize.BATCH
+
+
+def updates(policy: Policy, training: bool) -> bool:
+    if policy.update is Update.NEVER:
+        return False
+    return policy.update_in is Phase.ALWAYS or (policy.update_in is Phase.TRAIN) == training
+
+
+def native_twin(layer: _BatchNorm, policy: Policy, training: bool) -> _BatchNorm | None:
+    """A plain nn.BatchNorm that behaves like ``policy`` in this phase, or None if none can."""
+    batch, upd = uses_batch(policy, training), updates(policy, training)
+    if not batch and upd:
+        return None
+    twin = copy.deepcopy(layer)
+    if batch and upd:
+        twin.train()
+        twin.track_running_stats = True
+        twin.momentum = None if policy.update is Update.CUMULATIVE else policy.momentum
+    elif batch:
+        twin.train()
+        twin.track_running_stats = False
+    else:
+        twin.eval()
+    frozen = policy.affine is Affine.FROZEN
+    for p in (twin.weight, twin.bias):
+        if p is not None:
+            p.requires_grad_(not frozen)
+    return twin
+
+
+def step(layer: nn.Module, x: Tensor, grad_seed: int = 1) -> dict[str, Tensor | None]:
+    """Forward and backward once; return output, grads and state."""
+    xg = x.detach().clone().requires_grad_(True)
+    y = layer(xg)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=y.dtype)
+    y.backward(g.to(memory_format=torch.contiguous_format))
+    out: dict[str, Tensor | None] = {"y": y.detach(), "dx": xg.grad}
+    for name in ("weight", "bias"):
+        p = getattr(layer, name, None)
+        out[f"d{name}"] = None if p is None else p.grad
+        if p is not None:
+            p.grad = None
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        b = getattr(layer, name, None)
+        out[name] = None if b is None else b.detach().clone()
+    return out
+
+
+def assert_bitwise(a: dict[str, Tensor | None], b: dict[str, Tensor | None]) -> None:
+    for key in a:
+        va, vb = a[key], b[key]
+        if va is None or vb is None:
+            assert va is None and vb is None, f"{key}: {va} vs {vb}"
+            continue
+        assert va.dtype == vb.dtype, key
+        assert torch.equal(va, vb), f"{key} differs: max {(va.double() - vb.double()).abs().max()}"
+
+
+def managed_copy(layer: _BatchNorm, policy: Policy | str) -> _BatchNorm:
+    twin = copy.deepcopy(layer)
+    return bnkit.apply(twin, policy)

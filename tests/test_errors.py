@@ -1,0 +1,114 @@
+"""Bad inputs and safety: clear errors naming the layer; running statistics never poisoned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from tests.helpers import randomize
+
+import bnkit
+from bnkit.errors import InputError, NonFiniteBatchWarning
+
+
+def managed(preset: str = "pytorch", layer: nn.Module | None = None) -> nn.Module:
+    model = nn.Sequential(nn.Identity(), randomize(layer or nn.BatchNorm2d(4)))
+    bnkit.apply(model, preset)
+    return model
+
+
+def state(model: nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for b in model.buffers()]
+
+
+def test_wrong_number_of_dims_names_the_layer_and_the_fix() -> None:
+    model = managed()
+    with pytest.raises(
+        InputError,
+        match=r"layer '1' expected 4D input \(got 3D input\); use BatchNorm1d for \(N, C, L\)",
+    ):
+        model(torch.randn(2, 4, 5))
+
+
+def test_channel_mismatch() -> None:
+    model = managed()
+    with pytest.raises(InputError, match=r"layer '1' expected 4 channels in dim 1 \(got 3"):
+        model(torch.randn(2, 3, 5, 5))
+
+
+@pytest.mark.parametrize("preset", ["pytorch", "batch_stats", "adapt"])
+def test_one_value_per_channel_where_batch_statistics_are_needed(preset: str) -> None:
+    model = managed(preset, nn.BatchNorm1d(4)).train()
+    with pytest.raises(InputError, match=r"needs more than 1 value per channel.*\(1, 4\)"):
+        model(torch.randn(1, 4))
+
+
+def test_one_value_per_channel_is_fine_with_running_statistics() -> None:
+    model = managed("frozen", nn.BatchNorm1d(4)).train()
+    assert model(torch.randn(1, 4)).shape == (1, 4)
+
+
+def test_errors_leave_buffers_exactly_as_they_were() -> None:
+    model = managed().train()
+    before = state(model)
+    for bad in (torch.randn(2, 3, 5, 5), torch.randn(2, 4, 5), torch.randn(1, 4, 1, 1)):
+        with pytest.raises(InputError):
+            model(bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, state(model), strict=True))
+    # plain PyTorch counts the failed batch in num_batches_tracked; bnkit does not
+    native = randomize(nn.BatchNorm2d(4)).train()
+    with pytest.raises(RuntimeError):
+        native(torch.randn(2, 3, 5, 5))
+    assert int(native.num_batches_tracked) == 4
+
+
+@pytest.mark.parametrize("policy", ["pytorch", "adapt", bnkit.Policy(update="cumulative")])
+def test_nonfinite_batch_never_poisons_running_statistics(policy: str | bnkit.Policy) -> None:
+    model = managed().train()
+    bnkit.apply(model, policy)
+    before = state(model)
+    x = torch.randn(3, 4, 5, 5)
+    x[1, 2, 3, 3] = float("nan")
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.warns(NonFiniteBatchWarning, match="layer '1': the batch has NaN/Inf"):
+        model(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, state(model), strict=True))
+    model(torch.randn(3, 4, 5, 5))  # a finite batch updates again
+    assert not torch.equal(before[0], state(model)[0])
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(bnkit.PolicyError, match="known presets: 'pytorch', 'frozen'"):
+        bnkit.apply(nn.BatchNorm2d(2), "eval")
+
+
+def test_layers_without_running_stats_refuse_policies_that_need_them() -> None:
+    layer = nn.BatchNorm2d(2, track_running_stats=False)
+    with pytest.raises(bnkit.LayerError, match="use 'batch_stats', or rebuild the layer"):
+        bnkit.apply(layer, "adapt")
+    bnkit.apply(layer, "batch_stats")
+    assert layer(torch.randn(2, 2, 3, 3)).shape == (2, 2, 3, 3)
+
+
+@pytest.mark.parametrize("sync_free", [False, True], ids=["host-check", "device-select"])
+@pytest.mark.parametrize("preset", ["pytorch", "adapt"])
+def test_nonfinite_guard_keeps_backward_working(
+    preset: str, sync_free: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device-select path is what accelerators and torch.compile run; force it on CPU.
+    from bnkit import _managed
+
+    monkeypatch.setattr(_managed, "_sync_free", lambda t: sync_free)
+    model = managed(preset).train()
+    before = state(model)
+    x = torch.randn(3, 4, 5, 5)
+    x[0, 1, 0, 0] = float("nan")
+    x.requires_grad_(True)
+    if sync_free:
+        y = model(x)  # silent: no host synchronization to warn from
+    else:
+        with pytest.warns(NonFiniteBatchWarning):
+            y = model(x)
+    y.sum().backward()
+    assert x.grad is not None
+    assert all(torch.equal(a, b) for a, b in zip(before, state(model), strict=True))

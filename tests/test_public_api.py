@@ -1,0 +1,37 @@
+"""The public surface: __all__ lists exactly the public names, sorted, and they resolve."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import bnkit
+
+MODULES = [
+    "bnkit",
+    "bnkit.errors",
+    "bnkit.policy",
+    "bnkit.presets",
+    "bnkit.functional",
+    "bnkit.apply",
+    "bnkit.reference",
+    "bnkit.explain",
+]
+
+
+def test_top_level_all_is_complete_and_sorted() -> None:
+    public = sorted(
+        (n for n in vars(bnkit) if not n.startswith("_") or n == "__version__"),
+        key=str.casefold,
+    )
+    modules = {n for n in public if type(getattr(bnkit, n)).__name__ == "module"}
+    assert len(bnkit.__all__) == len(set(bnkit.__all__))
+    assert set(bnkit.__all__) == set(public) - modules
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_all_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    for item in module.__all__:
+        assert hasattr(module, item), f"{name}.{item}"
