@@ -18,7 +18,12 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(
+    os.environ.get("BNKIT_HYPOTHESIS") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

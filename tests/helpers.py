@@ -41,11 +41,17 @@ def make_layer(dim: int, c: int, dtype: torch.dtype = torch.float32, **kw: objec
     return randomize(BN_FOR_DIM[dim](c, dtype=dtype, **kw))  # type: ignore[arg-type]
 
 
-def uses_batch(policy: Policy, training: bool) -> bool:
-    """Which statistics normalize, read off the axes (independent of bnkit's own helpers)."""
-    if policy.normalize is Normalize.PHASE:
+def uses_batch(policy: Policy, training: bool) -> bool | None:
+    """Batch (True) or running (False) statistics, read off the axes independently of bnkit's
+    helpers; None for the strategies PyTorch has no kernel for."""
+    mode = policy.normalize
+    if mode is Normalize.PHASE:
         return training
-    return policy.normalize is Normalize.BATCH
+    if mode in (Normalize.RENORM, Normalize.GHOST):
+        return None if training else False
+    if mode is Normalize.PRIOR:
+        return None
+    return mode is Normalize.BATCH
 
 
 def updates(policy: Policy, training: bool) -> bool:
@@ -57,7 +63,7 @@ def updates(policy: Policy, training: bool) -> bool:
 def native_twin(layer: _BatchNorm, policy: Policy, training: bool) -> _BatchNorm | None:
     """A plain nn.BatchNorm that behaves like ``policy`` in this phase, or None if none can."""
     batch, upd = uses_batch(policy, training), updates(policy, training)
-    if not batch and upd:
+    if batch is None or (not batch and upd):
         return None
     twin = copy.deepcopy(layer)
     if batch and upd:

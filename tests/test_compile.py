@@ -24,7 +24,13 @@ def model() -> nn.Module:
     )
 
 
-POLICIES = [*bnkit.presets()[:6], bnkit.Policy(update="cumulative")]
+POLICIES = [
+    *bnkit.presets(),
+    bnkit.Policy(update="cumulative"),
+    bnkit.preset("renorm", renorm_warmup=1, renorm_ramp=2),
+    bnkit.preset("prior", update="ema"),
+    bnkit.preset("ghost", ghost_size=2),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +47,7 @@ def test_compiles_fullgraph_and_matches_eager(backend: str, policy: bnkit.Policy
     for training in (True, False, True):
         eager.train(training)
         compiled_model.train(training)
-        x = torch.randn(5, 3, 6, 6)
+        x = torch.randn(6, 3, 6, 6)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = eager(xa), compiled(xb)
         torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-5)

@@ -63,3 +63,19 @@ def test_explain_large_input_is_summarised() -> None:
     text = str(e)
     assert "… 12 more channels" in text
     assert "(256 values)" in text
+
+
+def test_explain_shows_each_strategy_with_its_numbers() -> None:
+    x = torch.randn(10, 2) * 3 + 1
+    renorm = bnkit.apply(randomize(nn.BatchNorm1d(2)), bnkit.preset("renorm", r_max=1.2))
+    text = str(bnkit.explain(renorm.train(), x))
+    assert "r clipped to [1/1.2, 1.2]" in text and "x̂ = (x − mean)/√(var + eps)·r + d" in text
+    ghost = bnkit.apply(randomize(nn.BatchNorm1d(2)), bnkit.preset("ghost", ghost_size=4))
+    e = bnkit.explain(ghost.train(), x)
+    assert "ghost batches of 4 samples: 3 groups" in str(e) and "mean per ghost" in str(e)
+    assert e.to_dict()["details"]["sizes"] == [4, 4, 2]
+    prior = bnkit.apply(randomize(nn.BatchNorm1d(2)), "prior")
+    e = bnkit.explain(prior.eval(), x)
+    assert "prior weight w = N/(N+n) = 16/(16+10) = 0.615385" in str(e)
+    for layer in (renorm, ghost, prior):
+        assert bnkit.explain(layer, x).max_abs_diff < 1e-5

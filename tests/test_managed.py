@@ -3,11 +3,21 @@ and the float64 reference everywhere."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.helpers import assert_bitwise, make_layer, managed_copy, native_twin, step
+from tests.helpers import (
+    assert_bitwise,
+    make_layer,
+    managed_copy,
+    native_twin,
+    step,
+    updates,
+    uses_batch,
+)
 
 import bnkit
 from bnkit.policy import Affine, Normalize, Phase, Policy, Update
@@ -69,11 +79,21 @@ def _policies() -> st.SearchStrategy[Policy]:
     @st.composite
     def build(draw: st.DrawFn) -> Policy:
         update = draw(st.sampled_from(list(Update)))
+        normalize = draw(st.sampled_from(list(Normalize)))
         kwargs: dict[str, object] = {
-            "normalize": draw(st.sampled_from(list(Normalize))),
+            "normalize": normalize,
             "update": update,
             "affine": draw(st.sampled_from(list(Affine))),
         }
+        if normalize is Normalize.RENORM:
+            kwargs["r_max"] = draw(st.floats(1.0, 4.0))
+            kwargs["d_max"] = draw(st.floats(0.0, 6.0))
+            kwargs["renorm_warmup"] = draw(st.integers(0, 4))
+            kwargs["renorm_ramp"] = draw(st.integers(0, 4))
+        if normalize is Normalize.GHOST:
+            kwargs["ghost_size"] = draw(st.integers(1, 4))
+        if normalize is Normalize.PRIOR:
+            kwargs["prior_strength"] = draw(st.sampled_from([0.0, 0.5, 4.0, math.inf]))
         if update is Update.EMA:
             kwargs["momentum"] = draw(st.floats(0.001, 1.0))
         if update is not Update.NEVER:
@@ -110,6 +130,19 @@ def test_any_policy_matches_native_when_expressible(
     assert_bitwise(step(ours, x), step(twin, x))
 
 
+def too_few_values(policy: Policy, training: bool, shape: tuple[int, ...]) -> bool:
+    """Whether the layer must refuse the input: batch statistics from a single value."""
+    spatial = math.prod(shape[2:])
+    batch = uses_batch(policy, training)
+    if policy.normalize is Normalize.PRIOR:
+        batch = policy.prior_strength < math.inf
+    smallest = shape[0]
+    if policy.normalize is Normalize.GHOST and training and shape[0] > policy.ghost_size:
+        smallest = shape[0] % policy.ghost_size or policy.ghost_size
+    needs = batch is not False or updates(policy, training)
+    return needs and smallest * spatial <= 1
+
+
 TOL = {
     torch.float32: {"rtol": 2e-4, "atol": 2e-5},
     torch.float64: {"rtol": 1e-10, "atol": 1e-11},
@@ -124,6 +157,10 @@ def test_any_policy_matches_reference(
     layer = make_layer(dim, shape[1], dtype, eps=eps)
     ours = managed_copy(layer, policy).train(training)
     x = (torch.randn(shape, dtype=dtype) * 3 - 1).requires_grad_(True)
+    if too_few_values(policy, training, shape):
+        with pytest.raises(bnkit.InputError, match="needs more than 1 value per channel"):
+            ours(x)
+        return
     ref = bnkit.reference_step(ours, x)  # reads the state before the forward
     xr = x.detach().clone().requires_grad_(True)
     ref_g = bnkit.reference_forward(

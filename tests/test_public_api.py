@@ -17,6 +17,8 @@ MODULES = [
     "bnkit.apply",
     "bnkit.reference",
     "bnkit.explain",
+    "bnkit.distributed",
+    "bnkit.tent",
 ]
 
 

@@ -7,6 +7,7 @@ Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset nam
 from bnkit._surgery import Where
 from bnkit._version import __version__
 from bnkit.apply import apply, freeze, managed_layers, policy_of, unfreeze, using
+from bnkit.distributed import desynchronize, is_synchronized, synchronize
 from bnkit.errors import (
     BNKitError,
     InputError,
@@ -19,6 +20,7 @@ from bnkit.explain import Explanation, explain
 from bnkit.policy import Affine, Normalize, Phase, Policy, Update
 from bnkit.presets import PresetInfo, preset, preset_info, presets, register_preset
 from bnkit.reference import ReferenceStep, reference_forward, reference_step
+from bnkit.tent import Tent, softmax_entropy, tent
 
 __all__ = [
     "Affine",
@@ -34,12 +36,15 @@ __all__ = [
     "PresetInfo",
     "ReferenceStep",
     "SelectionError",
+    "Tent",
     "Update",
     "Where",
     "__version__",
     "apply",
+    "desynchronize",
     "explain",
     "freeze",
+    "is_synchronized",
     "managed_layers",
     "policy_of",
     "preset",
@@ -48,6 +53,9 @@ __all__ = [
     "reference_forward",
     "reference_step",
     "register_preset",
+    "softmax_entropy",
+    "synchronize",
+    "tent",
     "unfreeze",
     "using",
 ]

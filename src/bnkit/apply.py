@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit import _managed
+from bnkit import _managed, _probe
 from bnkit._surgery import LayerState, Where, bn_layers, capture, restore, select
 from bnkit.errors import LayerError, PolicyError
 from bnkit.policy import DEFAULT_MOMENTUM, Affine, Normalize, Phase, Policy, Update
@@ -134,7 +134,7 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
         yield model
     finally:
         for layer, state in saved:
-            _managed.remove_probe(layer)
+            _probe.remove_probe(layer)
             restore(layer, state)
 
 

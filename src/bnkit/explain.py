@@ -74,6 +74,7 @@ class Explanation:
                 "num_batches_tracked": [s.num_batches_tracked, s.new_num_batches_tracked],
             },
             "affine_trainable": s.affine_trainable,
+            "details": {k: _plain(v) for k, v in s.details.items()},
             "channels": channels,
             "normalized": vec(s.normalized),
             "output": vec(self.output),
@@ -82,30 +83,26 @@ class Explanation:
 
     def __str__(self) -> str:
         s = self.step
-        x_cols = _per_channel(s.normalized)
-        y_cols = _per_channel(self.output.detach().double())
-        raw = _per_channel(s.input)
         lines = [
             f"{self.layer} — policy {s.policy!r}, in {'train' if s.training else 'eval'}()",
-            f"normalizes with {s.used} statistics: {s.why}",
+            f"normalizes with {_USED[s.used]}: {s.why}",
             f"n = {s.n} values per channel; eps = {s.eps:g}",
+            *_header(s),
             "",
             "  y = (x − mean) / √(var + eps) · γ + β      (var is the biased variance)",
         ]
         shown = min(s.mean.numel(), self.max_channels)
+        outputs = _per_channel(self.output.detach().double())
         for c in range(shown):
             w = "1 (affine=False)" if s.weight is None else _f(s.weight[c])
             b = "0" if s.bias is None else _f(s.bias[c])
             lines += [
                 "",
                 f"channel {c}",
-                f"  x              = {_vals(raw[c], self.max_values)}",
-                f"  mean           = {_g(s.mean[c])}  ({s.used} statistic)",
-                f"  var            = {_g(s.var[c])}  ({s.used} statistic)",
-                f"  1/√(var + eps) = {_g(s.inv_std[c])}",
-                f"  x̂ = (x − mean)/√(var + eps) = {_vals(x_cols[c], self.max_values)}",
+                f"  x              = {_vals(_per_channel(s.input)[c], self.max_values)}",
+                *_stat_lines(s, c, self.max_values),
                 f"  γ = {w}, β = {b}",
-                f"  y = γ·x̂ + β   = {_vals(y_cols[c], self.max_values)}",
+                f"  y = γ·x̂ + β   = {_vals(outputs[c], self.max_values)}",
             ]
         if s.mean.numel() > shown:
             lines.append(f"\n… {s.mean.numel() - shown} more channels (see to_dict())")
@@ -137,18 +134,88 @@ class Explanation:
         lines = [
             f"running statistics update ({what}); num_batches_tracked "
             f"{s.num_batches_tracked} → {s.new_num_batches_tracked}",
-            f"  running_var stores the unbiased variance: var · n/(n−1) = var · {s.n}/{s.n - 1}",
         ]
+        if s.used == "ghost":
+            lines.append(
+                "  with the size-weighted mean of the ghost batches' means and of their unbiased "
+                "variances var_g · n_g/(n_g−1)"
+            )
+        else:
+            lines.append(
+                f"  running_var stores the unbiased variance: var · n/(n−1) = var · {s.n}/{s.n - 1}"
+            )
         for c in range(shown):
+            if s.used == "ghost":
+                var_term = _g(s.update_var[c])
+            else:
+                var_term = f"{_g(s.batch_var[c])}·{s.n}/{s.n - 1}"
             lines += [
                 f"  channel {c}: running_mean {_g(old_m[c])} → "
-                f"(1−{f:g})·{_g(old_m[c])} + {f:g}·{_g(s.batch_mean[c])} = "
-                f"{_g(new_m[c])}",
+                f"(1−{f:g})·{_g(old_m[c])} + {f:g}·{_g(s.update_mean[c])} = {_g(new_m[c])}",
                 f"             running_var  {_g(old_v[c])} → "
-                f"(1−{f:g})·{_g(old_v[c])} + {f:g}·{_g(s.batch_var[c])}·{s.n}/{s.n - 1} = "
-                f"{_g(new_v[c])}",
+                f"(1−{f:g})·{_g(old_v[c])} + {f:g}·{var_term} = {_g(new_v[c])}",
             ]
         return lines
+
+
+_USED = {
+    "batch": "batch statistics",
+    "running": "running statistics",
+    "renorm": "batch renormalization",
+    "ghost": "ghost-batch statistics",
+    "prior": "running statistics mixed with batch statistics",
+}
+
+
+def _header(s: ReferenceStep) -> list[str]:
+    d = s.details
+    if s.used == "renorm":
+        return [
+            f"r clipped to [1/{d['r_limit']:g}, {d['r_limit']:g}], d to "
+            f"[−{d['d_limit']:g}, {d['d_limit']:g}] (no gradient through r and d)"
+        ]
+    if s.used == "ghost":
+        return [f"ghost batches of {s.policy.ghost_size} samples: {len(d['sizes'])} groups"]
+    if s.used == "prior":
+        p = s.policy.prior_strength
+        return [f"prior weight w = N/(N+n) = {p:g}/({p:g}+{d['samples']}) = {d['weight']:.6g}"]
+    return []
+
+
+def _stat_lines(s: ReferenceStep, c: int, limit: int) -> list[str]:
+    x_hat = _vals(_per_channel(s.normalized)[c], limit)
+    d = s.details
+    if s.used == "ghost":
+        means = ", ".join(_g(v) for v in d["means"][:, c])
+        variances = ", ".join(_g(v) for v in d["vars"][:, c])
+        return [
+            f"  mean per ghost = [{means}]",
+            f"  var per ghost  = [{variances}]",
+            f"  x̂ = (x − mean_g)/√(var_g + eps) within each ghost batch = {x_hat}",
+        ]
+    label = "batch" if s.used == "renorm" else s.used
+    lines = [
+        f"  mean           = {_g(s.mean[c])}  ({label} statistic)",
+        f"  var            = {_g(s.var[c])}  ({label} statistic)",
+    ]
+    if s.used == "prior" and s.running_mean is not None and s.running_var is not None:
+        w = d["weight"]
+        lines = [
+            f"  mean = w·running_mean + (1−w)·batch_mean = {w:.4g}·{_g(s.running_mean[c])} + "
+            f"{1 - w:.4g}·{_g(s.batch_mean[c])} = {_g(s.mean[c])}",
+            f"  var  = w·running_var + (1−w)·batch_var = {w:.4g}·{_g(s.running_var[c])} + "
+            f"{1 - w:.4g}·{_g(s.batch_var[c])} = {_g(s.var[c])}",
+        ]
+    lines.append(f"  1/√(var + eps) = {_g(s.inv_std[c])}")
+    if s.used == "renorm":
+        lines += [
+            f"  r = clip(√(var + eps)/√(running_var + eps)) = {_g(d['r'][c])}, "
+            f"d = clip((mean − running_mean)/√(running_var + eps)) = {_g(d['d'][c])}",
+            f"  x̂ = (x − mean)/√(var + eps)·r + d = {x_hat}",
+        ]
+    else:
+        lines.append(f"  x̂ = (x − mean)/√(var + eps) = {x_hat}")
+    return lines
 
 
 def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanation:
@@ -179,6 +246,10 @@ def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanat
 
 def _per_channel(t: Tensor) -> Tensor:
     return t.detach().transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _plain(value: object) -> object:
+    return value.tolist() if isinstance(value, Tensor) else value
 
 
 def _at(t: Tensor | None, c: int) -> float | None:

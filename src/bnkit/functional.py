@@ -8,6 +8,7 @@ express a behaviour the results are bit-for-bit the same.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,9 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "affine_normalize",
     "batch_stats",
+    "ghost_normalize",
+    "moments",
     "normalize",
     "normalize_with_batch",
+    "prior_weight",
+    "renorm_correction",
+    "renorm_limits",
     "snapshot",
     "update_running_stats",
     "values_per_channel",
@@ -113,3 +120,98 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
     return mean, var
+
+
+# --------------------------------------------------------------------------- strategies
+def _dims(x: Tensor) -> list[int]:
+    return [d for d in range(x.dim()) if d != 1]
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    return v.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``x``, differentiable (two passes)."""
+    dims = _dims(x)
+    mean = x.mean(dims)
+    var = (x - _per_channel(mean, x)).square().mean(dims)
+    return mean, var
+
+
+def affine_normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with gradients to every argument."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return x * _per_channel(scale, x) + _per_channel(shift, x)
+
+
+def renorm_limits(
+    step: int, r_max: float, d_max: float, warmup: int, ramp: int
+) -> tuple[float, float]:
+    """The clipping limits of batch renormalization after ``step`` updates.
+
+    (1, 0) during the first ``warmup`` updates, then rising linearly to (``r_max``, ``d_max``)
+    over ``ramp`` updates.
+    """
+    if step < warmup:
+        return 1.0, 0.0
+    if ramp and step < warmup + ramp:
+        t = (step - warmup) / ramp
+        return 1.0 + t * (r_max - 1.0), t * d_max
+    return r_max, d_max
+
+
+def renorm_correction(
+    batch_mean: Tensor,
+    batch_var: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    r_limit: float | Tensor,
+    d_limit: float | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The batch renormalization factors ``r`` and ``d`` (no gradient; see :mod:`bnkit.policy`)."""
+    with torch.no_grad():
+        running_std = torch.sqrt(running_var + eps)
+        r_hi = torch.as_tensor(r_limit, dtype=batch_var.dtype, device=batch_var.device)
+        d_hi = torch.as_tensor(d_limit, dtype=batch_var.dtype, device=batch_var.device)
+        r = torch.clamp(torch.sqrt(batch_var + eps) / running_std, 1.0 / r_hi, r_hi)
+        d = torch.clamp((batch_mean - running_mean) / running_std, -d_hi, d_hi)
+    return r, d
+
+
+def ghost_normalize(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, ghost_size: int
+) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Normalize each group of ``ghost_size`` samples with its own batch statistics.
+
+    Returns the output and, per group, the mean, the biased variance (shape ``(G, C)``) and the
+    number of values per channel.
+    """
+    outs, means, variances, counts = [], [], [], []
+    for chunk in torch.split(x, ghost_size, dim=0):
+        out, mean, invstd = torch.native_batch_norm(chunk, weight, bias, None, None, True, 0.0, eps)
+        outs.append(out)
+        means.append(mean.detach())
+        variances.append(invstd.detach().pow(-2) - eps)
+        counts.append(values_per_channel(chunk))
+    return torch.cat(outs, dim=0), torch.stack(means), torch.stack(variances), counts
+
+
+def prior_weight(strength: float, n: int) -> float:
+    """The weight ``N / (N + n)`` of the running statistics for prior strength ``N``."""
+    if math.isinf(strength):
+        return 1.0
+    return strength / (strength + n) if strength + n > 0 else 0.0

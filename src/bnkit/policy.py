@@ -29,12 +29,37 @@ A :class:`Policy` chooses, independently:
 * :class:`Normalize` — which statistics play :math:`(\mu, \sigma^2)`;
 * :class:`Update` and :class:`Phase` — how and when the running statistics change;
 * :class:`Affine` — whether :math:`\gamma, \beta` train.
+
+Three more ways to normalize extend the first axis:
+
+* **Batch renormalization** (Ioffe 2017) corrects the batch statistics toward the running ones,
+
+  .. math::
+
+      r = \operatorname{clip}_{[1/r_{max},\, r_{max}]}\frac{\sigma_B}{\hat\sigma}, \quad
+      d = \operatorname{clip}_{[-d_{max},\, d_{max}]}\frac{\mu_B - \hat\mu}{\hat\sigma}, \quad
+      y = \Big(\frac{x - \mu_B}{\sigma_B}\, r + d\Big)\gamma + \beta
+
+  with :math:`\sigma = \sqrt{\sigma^2 + \epsilon}` and no gradient through :math:`r, d`;
+  :math:`r_{max} = 1, d_{max} = 0` is plain BatchNorm. The limits can start at (1, 0) for
+  ``renorm_warmup`` updates and rise linearly to (``r_max``, ``d_max``) over ``renorm_ramp``.
+* **Ghost batches** normalize each consecutive group of ``ghost_size`` samples with its own
+  statistics. The running statistics update once per forward, with the size-weighted mean of the
+  groups' means and of their unbiased variances (Keras's virtual batches): the variance inference
+  uses is then the within-group variance that training normalized with, and ``momentum`` keeps
+  its per-step meaning whatever the batch size.
+* **Prior mixing** (Schneider et al. 2020) normalizes with
+  :math:`\mu = w\hat\mu + (1-w)\mu_B,\ \sigma^2 = w\hat\sigma^2 + (1-w)\sigma^2_B` where
+  :math:`w = N/(N + n)` for a prior strength :math:`N` and a batch of :math:`n` samples
+  (``x.shape[0]``): :math:`N = 0` is batch statistics, :math:`N = \infty` running statistics.
+  Gradients flow through the batch part.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 from bnkit.errors import PolicyError
@@ -64,7 +89,16 @@ class Normalize(str, enum.Enum):
     BATCH = "batch"
     """Batch statistics in both phases (``track_running_stats=False``; TENT)."""
     RUNNING = "running"
-    """Running statistics in both phases; the output never depends on the rest of the batch."""
+    """Running statistics in both phases; the output never depends on the rest of the batch.
+
+    When the running statistics also update on the forward, the input is normalized with their
+    values from before that update."""
+    RENORM = "renorm"
+    """Batch renormalization in ``train()``, running statistics in ``eval()``."""
+    GHOST = "ghost"
+    """Ghost batches of ``ghost_size`` samples in ``train()``, running statistics in ``eval()``."""
+    PRIOR = "prior"
+    """Running statistics mixed with the batch's, weight ``N/(N+n)``, in both phases."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}.{self.name}"
@@ -149,6 +183,12 @@ class Policy:
         momentum: weight of the new batch for ``update="ema"``, in (0, 1].
         update_in: in which phase the running statistics update.
         affine: whether gamma/beta train.
+        r_max: ``normalize="renorm"``: largest correction of the scale, at least 1.
+        d_max: ``normalize="renorm"``: largest correction of the shift, at least 0.
+        renorm_warmup: ``normalize="renorm"``: updates with limits (1, 0) before the ramp.
+        renorm_ramp: ``normalize="renorm"``: updates over which the limits rise linearly.
+        ghost_size: ``normalize="ghost"``: samples per ghost batch.
+        prior_strength: ``normalize="prior"``: the prior strength N (0 to ``math.inf``).
 
     Raises:
         PolicyError: a setting is out of range or does not apply to the other choices.
@@ -166,6 +206,12 @@ class Policy:
     momentum: float = DEFAULT_MOMENTUM
     update_in: Phase = Phase.TRAIN
     affine: Affine = Affine.TRAINABLE
+    r_max: float = 3.0
+    d_max: float = 5.0
+    renorm_warmup: int = 0
+    renorm_ramp: int = 0
+    ghost_size: int = 16
+    prior_strength: float = 16.0
 
     def __post_init__(self) -> None:
         for field in _AXES:
@@ -195,13 +241,47 @@ class Policy:
                 f"update_in only applies when the running statistics update (got "
                 f"update='never', update_in={self.update_in.value!r}); drop update_in"
             )
+        self._validate_strategy()
+
+    def _validate_strategy(self) -> None:
+        limits = (
+            ("r_max", Normalize.RENORM, _number(self.r_max) and 1 <= self.r_max < math.inf),
+            ("d_max", Normalize.RENORM, _number(self.d_max) and 0 <= self.d_max < math.inf),
+            ("renorm_warmup", Normalize.RENORM, _count(self.renorm_warmup)),
+            ("renorm_ramp", Normalize.RENORM, _count(self.renorm_ramp)),
+            ("ghost_size", Normalize.GHOST, _count(self.ghost_size) and self.ghost_size >= 1),
+            (
+                "prior_strength",
+                Normalize.PRIOR,
+                _number(self.prior_strength) and self.prior_strength >= 0,
+            ),
+        )
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, mode, ok in limits:
+            value = getattr(self, name)
+            if not ok:
+                raise PolicyError(f"{name} must be {_WANT[name]} (got {value!r})")
+            if self.normalize is not mode and value != defaults[name]:
+                raise PolicyError(
+                    f"{name} only applies to normalize={mode.value!r} (got "
+                    f"normalize={self.normalize.value!r}, {name}={value!r}); drop {name}"
+                )
 
     # ------------------------------------------------------------------ behaviour per phase
-    def uses_batch_stats(self, training: bool) -> bool:
-        """Whether the input is normalized with batch statistics in this phase."""
+    def stats_in(self, training: bool) -> Normalize:
+        """The statistics used in this phase: BATCH, RUNNING, RENORM, GHOST or PRIOR."""
         if self.normalize is Normalize.PHASE:
-            return training
-        return self.normalize is Normalize.BATCH
+            return Normalize.BATCH if training else Normalize.RUNNING
+        if self.normalize in (Normalize.RENORM, Normalize.GHOST) and not training:
+            return Normalize.RUNNING
+        return self.normalize
+
+    def uses_batch_stats(self, training: bool) -> bool:
+        """Whether the output depends on the batch's statistics in this phase."""
+        mode = self.stats_in(training)
+        if mode is Normalize.PRIOR:
+            return self.prior_strength < math.inf
+        return mode is not Normalize.RUNNING
 
     def updates(self, training: bool) -> bool:
         """Whether the running statistics change on a forward in this phase."""
@@ -214,7 +294,7 @@ class Policy:
 
     def describe(self, training: bool) -> str:
         """One line saying what a layer with this policy does in the given phase."""
-        stats = "batch" if self.uses_batch_stats(training) else "running"
+        stats = _STATS_TEXT[self.stats_in(training)].format(p=self)
         if not self.updates(training):
             upd = "no update"
         elif self.update is Update.EMA:
@@ -222,7 +302,7 @@ class Policy:
         else:
             upd = "cumulative update"
         aff = "gamma/beta frozen" if self.affine is Affine.FROZEN else "gamma/beta trainable"
-        return f"normalize with {stats} stats, {upd}, {aff}"
+        return f"normalize with {stats}, {upd}, {aff}"
 
     def __str__(self) -> str:
         train, evaluate = self.describe(True), self.describe(False)
@@ -236,12 +316,24 @@ class Policy:
         found = nearest_preset(self)
         if found is not None:
             name, changes = found
-            extra = "".join(f", {k}={v!r}" for k, v in changes.items())
+            extra = "".join(f", {k}={_show(v)}" for k, v in changes.items())
             return f"bnkit.preset({name!r}{extra})"
-        fields = ", ".join(
-            f"{f.name}={_plain(getattr(self, f.name))!r}" for f in dataclasses.fields(self)
-        )
+        fields = ", ".join(f"{k}={_show(v)}" for k, v in self._settings().items())
         return f"bnkit.Policy({fields})"
+
+    def _settings(self) -> dict[str, object]:
+        """The settings that matter for this policy (the others are at their defaults)."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            relevant = f.name in _AXES or value != f.default
+            if f.name == "momentum":
+                relevant = self.update is Update.EMA
+            elif f.name == "update_in":
+                relevant = self.update is not Update.NEVER
+            if relevant:
+                out[f.name] = _plain(value)
+        return out
 
     def replace(self, **changes: Any) -> Policy:
         """A copy with some settings changed (validated like the constructor)."""
@@ -252,6 +344,37 @@ class Policy:
                 f"unknown policy setting {unknown[0]!r}; settings: {', '.join(sorted(names))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+_STATS_TEXT = {
+    Normalize.BATCH: "batch stats",
+    Normalize.RUNNING: "running stats",
+    Normalize.RENORM: "renormalized batch stats (r_max {p.r_max:g}, d_max {p.d_max:g})",
+    Normalize.GHOST: "ghost-batch stats ({p.ghost_size} per ghost)",
+    Normalize.PRIOR: "running stats mixed with batch stats (prior N={p.prior_strength:g})",
+}
+_WANT = {
+    "r_max": "a finite float >= 1",
+    "d_max": "a finite float >= 0",
+    "renorm_warmup": "an int >= 0",
+    "renorm_ramp": "an int >= 0",
+    "ghost_size": "an int >= 1",
+    "prior_strength": "a float >= 0 (math.inf allowed)",
+}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "math.inf"
+    return repr(value)
 
 
 def _plain(value: object) -> object:

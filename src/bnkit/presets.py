@@ -9,6 +9,9 @@ name               normalize                        update                affine
 ``frozen_affine``  batch in train, running in eval  EMA in train          frozen
 ``batch_stats``    batch, always                    never                 trainable
 ``adapt``          running                          EMA (0.01) in train   trainable
+``renorm``         batch renormalization in train  EMA (0.01) in train   trainable
+``ghost``          ghost batches (16) in train     EMA in train          trainable
+``prior``          running mixed with batch (N=16) never                 trainable
 =================  ===============================  ====================  ==========
 """
 
@@ -154,4 +157,22 @@ register_preset(
     Policy(normalize=Normalize.RUNNING, update=Update.EMA, momentum=0.01),
     same_as="no PyTorch equivalent: normalize with running statistics, keep updating them",
     summary="stable outputs while the statistics follow the data slowly",
+)
+register_preset(
+    "renorm",
+    Policy(normalize=Normalize.RENORM, momentum=0.01),
+    same_as="Keras BatchNormalization(renorm=True); Ioffe 2017 with r_max 3, d_max 5",
+    summary="batch statistics pulled toward the running ones: small or non-i.i.d. batches",
+)
+register_preset(
+    "ghost",
+    Policy(normalize=Normalize.GHOST),
+    same_as="tf.keras BatchNormalization(virtual_batch_size=16)",
+    summary="each group of 16 samples normalized by its own statistics: a regularizer",
+)
+register_preset(
+    "prior",
+    Policy(normalize=Normalize.PRIOR, update=Update.NEVER),
+    same_as="Schneider et al. 2020 prior BN (N=16); robusta's BayesianBatchNorm",
+    summary="test-time adaptation robust to small batches: source statistics as a prior",
 )

@@ -9,6 +9,8 @@ reach the input and, when the policy lets them, gamma and beta).
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,7 +31,9 @@ class ReferenceStep:
     n: int
     """Values per channel (``numel / C``)."""
     used: str
-    """``"batch"`` or ``"running"``: which statistics normalized the input."""
+    """Which statistics normalized the input: ``"batch"``, ``"running"``, ``"renorm"``,
+    ``"ghost"`` or ``"prior"``. For ghost batches ``mean``/``var``/``inv_std`` are the
+    size-weighted averages over the groups (each group used its own; see ``details``)."""
     why: str
     batch_mean: Tensor
     batch_var: Tensor
@@ -55,6 +59,13 @@ class ReferenceStep:
     num_batches_tracked: int | None
     new_num_batches_tracked: int | None
     affine_trainable: bool
+    update_mean: Tensor
+    """The mean folded into the running mean by an update."""
+    update_var: Tensor
+    """The unbiased variance folded into the running variance by an update."""
+    details: dict[str, Any]
+    """Strategy numbers: ``r, d, r_limit, d_limit`` (renorm); ``sizes, means, vars`` per ghost
+    batch (ghost); ``weight, samples`` (prior)."""
 
 
 def _per_channel(x: Tensor) -> Tensor:
@@ -64,6 +75,39 @@ def _per_channel(x: Tensor) -> Tensor:
 
 def _broadcast(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _mode(policy: Policy, training: bool) -> tuple[str, str]:
+    phase = "train" if training else "eval"
+    if policy.normalize is Normalize.BATCH:
+        return "batch", "policy normalizes with batch statistics in every phase"
+    if policy.normalize is Normalize.RUNNING:
+        return "running", "policy normalizes with running statistics in every phase"
+    if policy.normalize is Normalize.PRIOR:
+        return "prior", "policy mixes running and batch statistics in every phase"
+    if not training:
+        return "running", f"policy uses running statistics in eval(), and the layer is in {phase}()"
+    if policy.normalize is Normalize.PHASE:
+        return "batch", "policy follows the phase, and the layer is in train()"
+    what = "batch renormalization" if policy.normalize is Normalize.RENORM else "ghost batches"
+    return policy.normalize.value, f"policy uses {what} in train(), and the layer is in train()"
+
+
+def _renorm_limits(policy: Policy, step: int) -> tuple[float, float]:
+    start, ramp = policy.renorm_warmup, policy.renorm_ramp
+    if step < start:
+        return 1.0, 0.0
+    if ramp and step < start + ramp:
+        t = (step - start) / ramp
+        return 1.0 + t * (policy.r_max - 1.0), t * policy.d_max
+    return policy.r_max, policy.d_max
+
+
+def _stats(x64: Tensor) -> tuple[Tensor, Tensor, int]:
+    values = _per_channel(x64)
+    n = values.shape[1]
+    mean = values.sum(dim=1) / n
+    return mean, ((values - mean[:, None]) ** 2).sum(dim=1) / n, n
 
 
 def reference_forward(
@@ -83,30 +127,62 @@ def reference_forward(
     Nothing passed in is modified; the new running statistics are returned.
     """
     x64 = x.double()
-    values = _per_channel(x64)
-    n = values.shape[1]
-    batch_mean = values.sum(dim=1) / n
-    batch_var = ((values - batch_mean[:, None]) ** 2).sum(dim=1) / n
-
-    if policy.normalize is Normalize.BATCH:
-        use_batch, why = True, "policy normalizes with batch statistics in every phase"
-    elif policy.normalize is Normalize.RUNNING:
-        use_batch, why = False, "policy normalizes with running statistics in every phase"
-    else:
-        use_batch = training
-        why = f"policy follows the phase, and the layer is in {'train' if training else 'eval'}()"
-
+    batch_mean, batch_var, n = _stats(x64)
+    mode, why = _mode(policy, training)
     rm = None if running_mean is None else running_mean.detach().double()
     rv = None if running_var is None else running_var.detach().double()
-    if use_batch:
-        mean, var = batch_mean, batch_var
-    else:
-        if rm is None or rv is None:
-            raise ValueError("running statistics are needed to normalize with them")
-        mean, var = rm, rv
+    needs_running = mode in ("running", "renorm", "prior")
+    if needs_running and (rm is None or rv is None):
+        raise ValueError(f"running statistics are needed for {mode!r} normalization")
+    details: dict[str, Any] = {}
+    # what feeds an update of the running statistics: a mean and an unbiased variance
+    upd_mean, upd_var = batch_mean, batch_var * n / (n - 1) if n > 1 else batch_var * math.inf
 
-    inv_std = 1.0 / torch.sqrt(var + eps)
-    normalized = (x64 - _broadcast(mean, x64)) * _broadcast(inv_std, x64)
+    if mode == "batch" or mode == "running":
+        mean, var = (batch_mean, batch_var) if mode == "batch" else (rm, rv)
+        assert mean is not None and var is not None
+        inv_std = 1.0 / torch.sqrt(var + eps)
+        normalized = (x64 - _broadcast(mean, x64)) * _broadcast(inv_std, x64)
+    elif mode == "renorm":
+        assert rm is not None and rv is not None
+        r_limit, d_limit = _renorm_limits(policy, num_batches_tracked or 0)
+        batch_std, running_std = torch.sqrt(batch_var + eps), torch.sqrt(rv + eps)
+        r = torch.clamp(batch_std.detach() / running_std, 1.0 / r_limit, r_limit)
+        d = torch.clamp((batch_mean.detach() - rm) / running_std, -d_limit, d_limit)
+        mean, var, inv_std = batch_mean, batch_var, 1.0 / batch_std
+        normalized = (x64 - _broadcast(mean, x64)) / _broadcast(batch_std, x64)
+        normalized = normalized * _broadcast(r, x64) + _broadcast(d, x64)
+        details.update(r=r, d=d, r_limit=r_limit, d_limit=d_limit)
+    elif mode == "ghost":
+        parts, g_means, g_vars, sizes = [], [], [], []
+        for group in torch.split(x64, policy.ghost_size, dim=0):
+            g_mean, g_var, g_n = _stats(group)
+            parts.append(
+                (group - _broadcast(g_mean, group)) / torch.sqrt(_broadcast(g_var, group) + eps)
+            )
+            g_means.append(g_mean)
+            g_vars.append(g_var)
+            sizes.append(g_n)
+        normalized = torch.cat(parts, dim=0)
+        counts = torch.tensor(sizes, dtype=torch.float64)[:, None]
+        means, variances = torch.stack(g_means), torch.stack(g_vars)
+        mean = (means * counts).sum(0) / counts.sum()
+        var = (variances * counts).sum(0) / counts.sum()
+        inv_std = 1.0 / torch.sqrt(var + eps)
+        upd_mean = mean
+        upd_var = (variances * counts * counts / (counts - 1)).sum(0) / counts.sum()
+        details.update(sizes=sizes, means=means.detach(), vars=variances.detach())
+    else:  # prior
+        assert rm is not None and rv is not None
+        samples = x64.shape[0]
+        strength = policy.prior_strength
+        w_prior = 1.0 if math.isinf(strength) else strength / (strength + samples)
+        mean = w_prior * rm + (1 - w_prior) * batch_mean
+        var = w_prior * rv + (1 - w_prior) * batch_var
+        inv_std = 1.0 / torch.sqrt(var + eps)
+        normalized = (x64 - _broadcast(mean, x64)) * _broadcast(inv_std, x64)
+        details.update(weight=w_prior, samples=samples)
+
     trainable = policy.affine is Affine.TRAINABLE
     w = b = None
     out = normalized
@@ -131,9 +207,8 @@ def reference_forward(
             factor, rule = 1.0 / k, "cumulative"
         else:
             factor, rule = policy.momentum, "ema"
-        unbiased = batch_var.detach() * n / (n - 1)
-        cand_rm = (1 - factor) * rm + factor * batch_mean.detach()
-        cand_rv = (1 - factor) * rv + factor * unbiased
+        cand_rm = (1 - factor) * rm + factor * upd_mean.detach()
+        cand_rv = (1 - factor) * rv + factor * upd_var.detach()
         was_finite = bool(torch.isfinite(rm).all() and torch.isfinite(rv).all())
         now_finite = bool(torch.isfinite(cand_rm).all() and torch.isfinite(cand_rv).all())
         if was_finite and not now_finite:
@@ -147,7 +222,7 @@ def reference_forward(
         training=training,
         input=x64.detach(),
         n=n,
-        used="batch" if use_batch else "running",
+        used=mode,
         why=why,
         batch_mean=batch_mean.detach(),
         batch_var=batch_var.detach(),
@@ -170,6 +245,9 @@ def reference_forward(
         num_batches_tracked=num_batches_tracked,
         new_num_batches_tracked=new_nbt,
         affine_trainable=trainable,
+        update_mean=upd_mean.detach(),
+        update_var=upd_var.detach(),
+        details=details,
     )
 
 

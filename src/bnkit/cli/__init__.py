@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed (e.g. an error-severity finding), 2 a us
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,4 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BNKitError as err:
         print(f"bnkit {args.command}: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     return code

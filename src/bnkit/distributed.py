@@ -1,0 +1,69 @@
+"""Batch statistics synchronized across the processes of a ``torch.distributed`` group.
+
+``nn.SyncBatchNorm`` needs an accelerator; bnkit's synchronization also runs on CPU (gloo). For
+each channel, every rank contributes the sum of its values and their count, so ranks with
+different batch sizes weigh in by their number of values::
+
+    mean = Σ_ranks Σ x / Σ_ranks n,      var = Σ_ranks Σ (x - mean)² / Σ_ranks n
+
+Both sums go through an all-reduce whose backward all-reduces the gradients, so every rank's
+gradient is what a single process would compute on the concatenated batch. All ranks then hold
+the same statistics and update their running statistics identically. On CUDA, a synchronized
+layer whose policy normalizes with plain batch statistics uses PyTorch's own SyncBatchNorm
+kernels instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch.nn as nn
+
+from bnkit import _managed
+from bnkit._surgery import Where, select
+from bnkit._sync import WORLD, GroupRef
+from bnkit.apply import policy_of
+
+__all__ = ["desynchronize", "is_synchronized", "synchronize"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def synchronize(model: M, group: Any = None, where: Where = None) -> M:
+    """Synchronize batch statistics of the selected layers across the ranks of ``group``.
+
+    Every selected layer whose policy normalizes with batch statistics (plain batch statistics,
+    batch renormalization, prior mixing) computes them over the union of all ranks' batches,
+    sample-count weighted, with gradients through the exchange. Ghost batches stay per rank.
+    Plain layers are first given the policy their flags amount to. Without an initialized
+    process group (or with one rank) layers behave as before. Every rank must run the same
+    forwards and backwards, as with DDP.
+
+    Args:
+        model: the model (DDP and compiled wrappers are seen through).
+        group: a process group; the default group if None.
+        where: which layers; all if None.
+
+    Example:
+        >>> import torch.nn as nn, bnkit
+        >>> model = bnkit.synchronize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+        >>> bnkit.is_synchronized(model[1])
+        True
+    """
+    for name, layer in select(model, where):
+        if not _managed.is_managed(layer):
+            _managed.manage(layer, policy_of(layer), name)
+        vars(layer)["_bnkit_sync"] = WORLD if group is None else GroupRef(group)
+    return model
+
+
+def desynchronize(model: M, where: Where = None) -> M:
+    """Undo :func:`synchronize` on the selected layers (their policies stay)."""
+    for _, layer in select(model, where):
+        vars(layer).pop("_bnkit_sync", None)
+    return model
+
+
+def is_synchronized(layer: nn.Module) -> bool:
+    """Whether :func:`synchronize` was applied to this layer."""
+    return vars(layer).get("_bnkit_sync") is not None
