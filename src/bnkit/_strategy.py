@@ -142,11 +142,19 @@ class StrategyForward(RunningStats):
         running_mean, running_var = self._bnkit_running()
         if plan.update:
             running_mean, running_var = BF.snapshot(running_mean), BF.snapshot(running_var)
-        batch_mean, batch_var, n, samples = self._bnkit_moments(x)
-        w = BF.prior_weight(strength, samples)
-        mean = w * running_mean + (1 - w) * batch_mean
-        var = w * running_var + (1 - w) * batch_var
-        out = BF.affine_normalize(x, mean, var, weight, bias, self.eps)
+        if self._bnkit_local_sync(x) or torch.compiler.is_compiling():
+            # Differentiable statistics: the exchange needs them, and compiled graphs fuse them
+            # (the eager fast path is a custom autograd function).
+            batch_mean, batch_var, n, samples = self._bnkit_moments(x)
+            w = BF.prior_weight(strength, samples)
+            mean = w * running_mean + (1 - w) * batch_mean
+            var = w * running_var + (1 - w) * batch_var
+            out = BF.affine_normalize(x, mean, var, weight, bias, self.eps)
+        else:
+            n, w = BF.values_per_channel(x), BF.prior_weight(strength, x.shape[0])
+            out, batch_mean, batch_var = BF.mixed_normalize(
+                x, weight, bias, running_mean, running_var, w, self.eps
+            )
         if plan.update:
             self._bnkit_update_with(batch_mean, batch_var * (n / (n - 1)), plan)
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ __all__ = [
     "affine_normalize",
     "batch_stats",
     "ghost_normalize",
+    "mixed_normalize",
     "moments",
     "normalize",
     "normalize_with_batch",
@@ -215,3 +217,74 @@ def prior_weight(strength: float, n: int) -> float:
     if math.isinf(strength):
         return 1.0
     return strength / (strength + n) if strength + n > 0 else 0.0
+
+
+class _MixedNormalize(torch.autograd.Function):
+    """Normalization with running statistics mixed with the batch's, on native kernels.
+
+    The gradient through the batch part of the mix is added to the eval-mode BatchNorm
+    gradient; with mixed statistics (mean, var), s = 1/sqrt(var + eps), batch mean m_B, weight
+    w of the running statistics and n values per channel::
+
+        dx = γ s [dy − (1−w)/n · Σdy − (1−w) s/n · Σ(dy·x̂) · (x − m_B)]
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        mean: Tensor,
+        var: Tensor,
+        batch_mean: Tensor,
+        w: float,
+        eps: float,
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight, mean, var, batch_mean)
+        ctx.w, ctx.eps, ctx.n = w, eps, values_per_channel(x)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, var, batch_mean = ctx.saved_tensors
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
+        )
+        if ctx.needs_input_grad[0]:
+            invstd = torch.rsqrt(var + ctx.eps)
+            gamma = invstd if weight is None else weight * invstd
+            k = (1.0 - ctx.w) / ctx.n
+            a = gamma * invstd * dweight * k
+            c = gamma * dbias * k - a * batch_mean
+            dx = dx - x * _per_channel(a, x) - _per_channel(c, x)
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            dweight if ctx.needs_input_grad[1] else None,
+            dbias if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def mixed_normalize(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    w: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalize with ``w·running + (1−w)·batch`` statistics (gradients through the batch part).
+
+    Returns the output and the batch mean and biased variance.
+    """
+    batch_mean, batch_var = batch_stats(x)
+    mean = w * running_mean + (1 - w) * batch_mean
+    var = w * running_var + (1 - w) * batch_var
+    out: Tensor = _MixedNormalize.apply(x, weight, bias, mean, var, batch_mean, w, eps)  # type: ignore[no-untyped-call]
+    return out, batch_mean, batch_var

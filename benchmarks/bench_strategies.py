@@ -1,0 +1,65 @@
+"""Forward+backward time of the strategies PyTorch lacks, against native train-mode BatchNorm.
+
+Batch renormalization, ghost batches and prior mixing on the same tensor as
+``bench_forward.py``, timed interleaved with native ``nn.BatchNorm2d`` in ``train()`` (same method:
+10th-percentile step times of alternating steps).
+
+    python benchmarks/bench_strategies.py [--shape 32,64,56,56] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+
+import torch
+import torch.nn as nn
+from bench_forward import paired_times, step_fn
+
+import bnkit
+
+CASES: dict[str, tuple[bnkit.Policy, float | None]] = {
+    "renorm (r_max 3, d_max 5)": (bnkit.preset("renorm"), None),
+    "ghost (8 per ghost)": (bnkit.preset("ghost", ghost_size=8), 1.5),
+    "prior (N=16)": (bnkit.preset("prior"), 1.5),
+    "prior (N=16), EMA update": (bnkit.preset("prior", update="ema"), 1.5),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", default="32,64,56,56")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.shape.split(","))
+    rows = []
+    layouts = (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))
+    for layout, fmt in layouts:
+        for name, (policy, goal) in CASES.items():
+            native = nn.BatchNorm2d(shape[1], device=args.device).train()
+            with torch.no_grad():
+                native.running_var.uniform_(0.5, 2.0)
+            managed = bnkit.apply(copy.deepcopy(native), policy).train()
+            x = torch.randn(shape, device=args.device).to(memory_format=fmt).requires_grad_(True)
+            g = torch.randn(shape, device=args.device).to(memory_format=fmt)
+            t_native, t_ours = paired_times(
+                step_fn(native, x, g), step_fn(managed, x, g), args.steps
+            )
+            ratio = t_ours / t_native
+            rows.append((layout, name, 1e3 * t_native, 1e3 * t_ours, ratio, goal))
+            print(f"{layout:13s} {name:26s} ratio {ratio:.3f}", flush=True)
+    print(
+        f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {args.device}, shape {shape}, fwd+bwd vs native train mode\n"
+    )
+    print("| layout | policy | native train p10 ms | bnkit p10 ms | ratio | goal |")
+    print("|---|---|---:|---:|---:|---:|")
+    for layout, name, a, b, ratio, goal in rows:
+        target = f"≤ {goal}" if goal else "—"
+        print(f"| {layout} | {name} | {a:.2f} | {b:.2f} | {ratio:.3f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()
