@@ -15,9 +15,9 @@ import platform
 
 import torch
 import torch.nn as nn
-from bench_forward import paired_times, step_fn
 
 import bnkit
+from bench_forward import paired_times, step_fn
 
 CASES: dict[str, tuple[bnkit.Policy, float | None]] = {
     "renorm (r_max 3, d_max 5)": (bnkit.preset("renorm"), None),
