@@ -17,6 +17,13 @@ MODULES = [
     "bnkit.apply",
     "bnkit.reference",
     "bnkit.explain",
+    "bnkit.recalibrate",
+    "bnkit.statsets",
+    "bnkit.statbank",
+    "bnkit.convert",
+    "bnkit.convert.frozen",
+    "bnkit.convert.fuse",
+    "bnkit.convert.sync",
 ]
 
 

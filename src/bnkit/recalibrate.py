@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnkit._estimators import ESTIMATORS, Estimator
 from bnkit._progress import Progress
@@ -91,10 +92,11 @@ def recalibrate(
     layers = _targets(model, where)
     device = _model_device(model)
     total, unit = _total(data, num_samples, num_batches)
+    bar = Progress(progress, total, unit, "recalibrating BatchNorm")
     with Pass(model, layers, estimator_cls) as run:
         error: BaseException | None = None
         try:
-            with Progress(progress, total, unit, "recalibrating BatchNorm") as bar:
+            with bar:
                 _feed(run, model, data, forward, device, num_samples, num_batches, bar)
         except Exception as err:
             error = err
@@ -262,6 +264,12 @@ def _never_updates(layer: nn.Module) -> bool:
 
 def _targets(model: nn.Module, where: Where) -> list[tuple[str, nn.Module]]:
     layers = select(model, where)
+    for name, layer in layers:
+        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
+            raise LayerError(
+                f"layer {name!r} is an unmaterialized {type(layer).__name__}; run one forward "
+                "pass first so it knows num_features"
+            )
     if where is None:
         chosen = [(n, m) for n, m in layers if _has_stats(m) and not _never_updates(m)]
         if not chosen:

@@ -137,7 +137,7 @@ for _cls in (FrozenBatchNorm, FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchN
 
 
 def _frozen_class(layer: _BatchNorm) -> type[FrozenBatchNorm]:
-    cls = vars(layer).get("_bnkit_unsync") or original_class(layer)
+    cls = vars(layer).get("_bnkitsync_source") or original_class(layer)
     for frozen in (FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d):
         assert frozen._bn_class is not None
         if issubclass(cls, frozen._bn_class):

@@ -31,7 +31,8 @@ from bnkit.errors import LayerError
 __all__ = ["from_sync", "to_sync"]
 
 M = TypeVar("M", bound=nn.Module)
-_KEPT = "_bnkit_unsync"
+# Not "_bnkit_..." (those belong to a managed layer's policy state, which unfreeze resets).
+_KEPT = "_bnkitsync_source"
 _PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
