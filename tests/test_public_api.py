@@ -19,6 +19,13 @@ MODULES = [
     "bnkit.explain",
     "bnkit.distributed",
     "bnkit.tent",
+    "bnkit.recalibrate",
+    "bnkit.statsets",
+    "bnkit.statbank",
+    "bnkit.convert",
+    "bnkit.convert.frozen",
+    "bnkit.convert.fuse",
+    "bnkit.convert.sync",
 ]
 
 

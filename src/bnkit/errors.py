@@ -7,22 +7,31 @@ when one is involved. The hierarchy::
     ├── PolicyError (ValueError)     an invalid policy setting or an unknown preset name
     ├── SelectionError (LookupError) a ``where=`` selection that matches no BatchNorm layer
     ├── InputError (ValueError)      a forward input that a layer cannot normalize
-    └── LayerError (TypeError)       a layer that cannot take the requested behaviour
+    ├── LayerError (TypeError)       a layer that cannot take the requested behaviour
+    ├── RecalibrationError (RuntimeError)
+    │                                a recalibration pass that cannot give the statistics asked
+    └── StatsError (KeyError)        a statistic set that does not fit the model, or an
+                                     unknown set name
 
     NonFiniteBatchWarning (RuntimeWarning)
                                      a batch with NaN/Inf whose running-statistics update
                                      was skipped
+    FuseWarning (UserWarning)        ``bnkit.fuse`` could not trace (part of) a model with
+                                     torch.fx and fell back to ``nn.Sequential`` order
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BNKitError",
+    "FuseWarning",
     "InputError",
     "LayerError",
     "NonFiniteBatchWarning",
     "PolicyError",
+    "RecalibrationError",
     "SelectionError",
+    "StatsError",
 ]
 
 
@@ -46,5 +55,23 @@ class LayerError(BNKitError, TypeError):
     """A layer cannot take the requested behaviour (no buffers, lazy, foreign forward)."""
 
 
+class RecalibrationError(BNKitError, RuntimeError):
+    """A recalibration pass cannot give the statistics asked for (data, layers, arguments)."""
+
+
+class StatsError(BNKitError, KeyError):
+    """A statistic set does not fit the model (names, shapes), or a set name is unknown.
+
+    A ``KeyError`` so that named-set lookups behave as mappings do; the message prints as is.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class NonFiniteBatchWarning(RuntimeWarning):
     """A batch produced NaN/Inf statistics; the running statistics were left unchanged."""
+
+
+class FuseWarning(UserWarning):
+    """``bnkit.fuse`` could not trace a module with torch.fx and paired layers by order instead."""
