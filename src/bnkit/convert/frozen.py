@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._managed import foreign_forward, original_class
+from bnkit._managed import original_class
+from bnkit._probe import foreign_forward
 from bnkit._surgery import Where, register_bn_type, replace_modules, select
 from bnkit.errors import InputError, LayerError
 from bnkit.policy import Policy

@@ -23,7 +23,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._managed import foreign_forward, original_class
+from bnkit._managed import original_class
+from bnkit._probe import foreign_forward
 from bnkit._surgery import bn_layers, is_bn_layer, replace_modules, unwrap
 from bnkit.apply import policy_of
 from bnkit.convert._fold import FOLDABLE, fold, out_features
