@@ -7,7 +7,6 @@ Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset nam
 from bnkit._surgery import Where
 from bnkit._version import __version__
 from bnkit.apply import apply, freeze, managed_layers, policy_of, unfreeze, using
-from bnkit.distributed import desynchronize, is_synchronized, synchronize
 from bnkit.convert import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
@@ -21,6 +20,7 @@ from bnkit.convert import (
     to_frozen,
     to_sync,
 )
+from bnkit.distributed import desynchronize, is_synchronized, synchronize
 from bnkit.errors import (
     BNKitError,
     FuseWarning,
@@ -31,15 +31,16 @@ from bnkit.errors import (
     RecalibrationError,
     SelectionError,
     StatsError,
+    StudyError,
 )
 from bnkit.explain import Explanation, explain
 from bnkit.policy import Affine, Normalize, Phase, Policy, Update
 from bnkit.presets import PresetInfo, preset, preset_info, presets, register_preset
 from bnkit.recalibrate import recalibrate
 from bnkit.reference import ReferenceStep, reference_forward, reference_step
-from bnkit.tent import Tent, softmax_entropy, tent
 from bnkit.statbank import StatBank, stat_bank
 from bnkit.statsets import LayerStats, StatSet, capture_stats, load_stats
+from bnkit.tent import Tent, softmax_entropy, tent
 
 __all__ = [
     "Affine",
@@ -66,6 +67,7 @@ __all__ = [
     "StatBank",
     "StatSet",
     "StatsError",
+    "StudyError",
     "Tent",
     "Update",
     "Where",

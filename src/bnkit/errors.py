@@ -10,8 +10,10 @@ when one is involved. The hierarchy::
     ├── LayerError (TypeError)       a layer that cannot take the requested behaviour
     ├── RecalibrationError (RuntimeError)
     │                                a recalibration pass that cannot give the statistics asked
-    └── StatsError (KeyError)        a statistic set that does not fit the model, or an
-                                     unknown set name
+    ├── StatsError (KeyError)        a statistic set that does not fit the model, or an
+    │                                unknown set name
+    └── StudyError (ValueError)      a study grid, model or data set that ``bnkit study``
+                                     cannot run (bad config, missing folders, no BatchNorm)
 
     NonFiniteBatchWarning (RuntimeWarning)
                                      a batch with NaN/Inf whose running-statistics update
@@ -32,6 +34,7 @@ __all__ = [
     "RecalibrationError",
     "SelectionError",
     "StatsError",
+    "StudyError",
 ]
 
 
@@ -67,6 +70,10 @@ class StatsError(BNKitError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class StudyError(BNKitError, ValueError):
+    """``bnkit study`` cannot run as asked: a bad grid, model or data set (the message says why)."""
 
 
 class NonFiniteBatchWarning(RuntimeWarning):

@@ -155,7 +155,7 @@ def _check_freezable(name: str, layer: nn.Module) -> str | None:
     if layer.running_mean is None or layer.running_var is None:
         return "has no running statistics (built with track_running_stats=False)"
     cls = original_class(layer)
-    if foreign_forward(cls):  # type: ignore[arg-type]
+    if foreign_forward(cls):
         return (
             f"is a {cls.__name__}, whose own forward would be dropped by a frozen export; "
             "leave it out with where="

@@ -1,0 +1,130 @@
+"""The results of a study as plain data: rows, the configuration, the checks, facts about the run.
+
+:class:`Results` holds nothing but lists, dicts, strings and numbers, so it can be saved as JSON,
+loaded back (:meth:`Results.load`) and rendered later (:mod:`bnkit.study.report`) without
+running anything. :meth:`Results.select` and :meth:`Results.summary` are the queries the
+report, the checks and notebooks use.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bnkit.study.cells import ROW_FIELDS
+from bnkit.study.metrics import Summary, summarize
+
+__all__ = ["Results", "atomic_write"]
+
+Row = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Results:
+    """A finished study.
+
+    Attributes:
+        rows: one dict per cell and seed, with the keys of ``ROW_FIELDS``.
+        config: the configuration (``StudyConfig.to_dict()``).
+        meta: facts about the run: bench description, source models, device, timings, counts.
+        checks: the directional checks (dicts from :mod:`bnkit.study.checks`).
+    """
+
+    rows: list[Row]
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    # ------------------------------------------------------------------ queries
+    def select(self, **where: Any) -> list[Row]:
+        """Rows whose fields equal the given values (a callable value is a predicate)."""
+        out = []
+        for row in self.rows:
+            if all(
+                bool(want(row[key])) if callable(want) else row[key] == want
+                for key, want in where.items()
+            ):
+                out.append(row)
+        return out
+
+    def per_seed(self, metric: str = "accuracy", **where: Any) -> dict[int, float]:
+        """Mean of ``metric`` per seed over the selected rows (averaging over the other axes)."""
+        sums: dict[int, list[float]] = {}
+        for row in self.select(**where):
+            value = row[metric]
+            if value is not None and value == value:  # a NaN ECE (no finite logits) is skipped
+                sums.setdefault(int(row["seed"]), []).append(float(value))
+        return {seed: sum(v) / len(v) for seed, v in sorted(sums.items())}
+
+    def summary(self, metric: str = "accuracy", **where: Any) -> Summary:
+        """Mean ± 95% CI over seeds of the per-seed mean of ``metric`` over the selection."""
+        return summarize(list(self.per_seed(metric, **where).values()))
+
+    def paired(self, a: dict[str, Any], b: dict[str, Any], metric: str = "accuracy") -> Summary:
+        """Mean ± 95% CI over seeds of (selection ``a`` − selection ``b``), paired by seed."""
+        pa, pb = self.per_seed(metric, **a), self.per_seed(metric, **b)
+        seeds = sorted(set(pa) & set(pb))
+        return summarize([pa[s] - pb[s] for s in seeds])
+
+    def values(self, field: str, **where: Any) -> list[Any]:
+        """The distinct values of ``field`` among the selected rows, in first-seen order."""
+        seen: dict[Any, None] = {}
+        for row in self.select(**where):
+            seen.setdefault(row[field], None)
+        return list(seen)
+
+    # ------------------------------------------------------------------ files
+    def to_json(self) -> str:
+        """Strict JSON (NaN becomes null)."""
+        return json.dumps(_plain(dataclasses.asdict(self)), indent=1, allow_nan=False)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: row[k] for k in ROW_FIELDS})
+        return buf.getvalue()
+
+    def save(self, out: str | Path) -> None:
+        """Write ``results.json`` and ``results.csv`` into ``out`` (each atomically)."""
+        atomic_write(Path(out) / "results.json", self.to_json())
+        atomic_write(Path(out) / "results.csv", self.to_csv())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Results:
+        """Results from a ``results.json`` file or a study folder holding one."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "results.json"
+        data = json.loads(p.read_text(encoding="utf-8"))
+        return cls(data["rows"], data["config"], data["meta"], data.get("checks", []))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,95 @@
+"""Training and prediction loops shared by pretraining, fine-tuning and the BN-only check.
+
+Batches are drawn without Python per-sample work: indices come from concatenated random
+permutations of the training set (a new permutation once one is used up), so a run of ``steps``
+batches sees every sample equally often and depends only on its generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["batches", "fit", "predict"]
+
+
+def batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[Tensor]:
+    """``steps`` index batches of ``batch_size`` over ``range(n)``, epoch by epoch."""
+    per_epoch = max(1, n // batch_size) if batch_size <= n else 1
+    epochs = math.ceil(steps / per_epoch)
+    out: list[Tensor] = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        if batch_size > n:
+            out.append(perm)
+            continue
+        out.extend(perm[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch))
+    return out[:steps]
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    params: Iterable[nn.Parameter] | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+) -> float:
+    """Train ``model`` (in ``train()`` mode) by SGD with momentum on cross-entropy.
+
+    Args:
+        model: the classifier; its BatchNorm layers behave as their policies say.
+        x, y: the training images and labels, on the model's device.
+        steps: optimizer steps.
+        batch_size: samples per step (the whole set when larger than it).
+        lr: learning rate (peak learning rate for ``schedule="cosine"``).
+        generator: the random source of the batch order.
+        params: the parameters to train; default all with ``requires_grad``.
+        momentum, weight_decay: SGD settings.
+        schedule: ``"constant"`` or ``"cosine"`` (cosine decay to 0 over the steps).
+
+    Returns:
+        The mean loss over the last quarter of the steps.
+    """
+    trainable = [
+        p for p in (params if params is not None else model.parameters()) if p.requires_grad
+    ]
+    opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        if schedule == "cosine"
+        else None
+    )
+    model.train()
+    tail: list[float] = []
+    for i, idx in enumerate(batches(int(y.shape[0]), batch_size, steps, generator)):
+        idx = idx.to(x.device)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if i >= steps * 3 // 4:
+            tail.append(float(loss.detach()))
+    model.eval()
+    return sum(tail) / max(1, len(tail))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Logits of ``model`` in ``eval()`` mode over ``x``, in batches (CPU float tensor)."""
+    model.eval()
+    parts = [model(x[i : i + batch_size]).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(parts)

@@ -1,0 +1,46 @@
+"""Rendering: report.md, a self-contained report.html, the plots, the tables."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from bnkit.study import Results, render
+from bnkit.study.plots import FIGURES
+from bnkit.study.report import checks_table
+from bnkit.study.tables import finetune_table, headline_table
+
+
+def test_render_writes_every_file(tiny_run: tuple[Results, Path], tmp_path: Path) -> None:
+    results, _ = tiny_run
+    html_path = render(results, tmp_path)
+    assert html_path == tmp_path / "report.html"
+    html = html_path.read_text(encoding="utf-8")
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    pngs = sorted(p.stem for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs and set(pngs) <= set(FIGURES)
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(pngs)
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+    assert "<script" not in html and "http" not in html  # nothing to fetch
+    for name in pngs:
+        assert f"](plots/{name}.png)" in md
+    for text in ("## What to do", "## Directional checks", "strategy × shift", "Source models"):
+        assert text in md
+    assert "nan" not in md.lower().replace("nonfinite", "")
+
+
+def test_tables_and_checks_cover_the_grid(tiny_run: tuple[Results, Path]) -> None:
+    results, _ = tiny_run
+    head = headline_table(results)
+    assert [r["strategy"].split(" ")[0] for r in head][:2] == ["source", "adabn"]
+    assert list(head[0])[1:4] == ["none", "contrast", "rotation"]
+    assert all("±" in v for r in head for k, v in r.items() if k != "strategy")
+    ft = finetune_table(results)
+    assert [r["strategy"] for r in ft] == ["pytorch", "frozen_stats", "GroupNorm twin: fine-tune"]
+    assert len(ft[0]) == 1 + 2  # two batch sizes, one lr
+    checks = checks_table(results)
+    assert {c["result"] for c in checks} <= {"PASS", "FAIL", "NOT RUN"}
+    assert len(checks) == 10
