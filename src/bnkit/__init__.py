@@ -1,16 +1,23 @@
 """bnkit: BatchNorm that behaves exactly as you mean it to, and tells you what it did.
 
-Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset name, and
-:func:`explain` to see every number a layer computes.
+Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset name,
+:func:`explain` to see every number a layer computes, and :func:`report`, :func:`check` and
+:func:`watch` to see what the layers of a model really do.
 """
 
 from bnkit._surgery import Where
 from bnkit._version import __version__
 from bnkit.apply import apply, freeze, managed_layers, policy_of, unfreeze, using
+from bnkit.diagnostics.check import check
+from bnkit.diagnostics.findings import Finding, Severity
+from bnkit.diagnostics.report import LayerRow, Report, report
+from bnkit.diagnostics.watch import LayerStep, Watch, watch
 from bnkit.errors import (
     BNKitError,
+    DiagnosticError,
     InputError,
     LayerError,
+    MissingDependencyError,
     NonFiniteBatchWarning,
     PolicyError,
     SelectionError,
@@ -23,9 +30,14 @@ from bnkit.reference import ReferenceStep, reference_forward, reference_step
 __all__ = [
     "Affine",
     "BNKitError",
+    "DiagnosticError",
     "Explanation",
+    "Finding",
     "InputError",
     "LayerError",
+    "LayerRow",
+    "LayerStep",
+    "MissingDependencyError",
     "NonFiniteBatchWarning",
     "Normalize",
     "Phase",
@@ -33,11 +45,15 @@ __all__ = [
     "PolicyError",
     "PresetInfo",
     "ReferenceStep",
+    "Report",
     "SelectionError",
+    "Severity",
     "Update",
+    "Watch",
     "Where",
     "__version__",
     "apply",
+    "check",
     "explain",
     "freeze",
     "managed_layers",
@@ -48,6 +64,8 @@ __all__ = [
     "reference_forward",
     "reference_step",
     "register_preset",
+    "report",
     "unfreeze",
     "using",
+    "watch",
 ]
