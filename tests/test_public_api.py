@@ -17,6 +17,11 @@ MODULES = [
     "bnkit.apply",
     "bnkit.reference",
     "bnkit.explain",
+    "bnkit.diagnostics",
+    "bnkit.diagnostics.check",
+    "bnkit.diagnostics.findings",
+    "bnkit.diagnostics.report",
+    "bnkit.diagnostics.watch",
 ]
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 
 from bnkit import _managed
 from bnkit._surgery import bn_layers, unwrap
@@ -142,17 +143,20 @@ def affine_params(layer: nn.Module, policy: Policy | None) -> list[tuple[str, nn
 
 
 def running_stats(layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
-    """The layer's ``running_mean`` and ``running_var`` (None when it has none)."""
+    """The layer's ``running_mean`` and ``running_var`` (None when it has none, or they are
+    not materialized yet)."""
     mean, var = getattr(layer, "running_mean", None), getattr(layer, "running_var", None)
     if not isinstance(mean, Tensor) or not isinstance(var, Tensor):
         return None, None
+    if is_lazy(mean) or is_lazy(var):
+        return None, None  # an unmaterialized lazy layer
     return mean, var
 
 
 def batches_tracked(layer: nn.Module) -> int | None:
     """The layer's ``num_batches_tracked`` (None when it has none)."""
     nbt = getattr(layer, "num_batches_tracked", None)
-    return int(nbt) if isinstance(nbt, Tensor) else None
+    return int(nbt) if isinstance(nbt, Tensor) and not is_lazy(nbt) else None
 
 
 def never_updated(layer: nn.Module) -> bool | None:

@@ -102,7 +102,7 @@ class ModelState:
         with torch.no_grad():
             for t, version, value, requires_grad, grad in self.tensors.values():
                 if t._version != version or not _same(t, value):
-                    t.copy_(value)
+                    t.data.copy_(value)  # .data: no version bump (see above)
                 if t.requires_grad != requires_grad:
                     t.requires_grad_(requires_grad)
                 if t.grad is not grad:

@@ -75,8 +75,10 @@ def frozen_in_optimizer(ctx: Context) -> list[Finding]:
     many = len(ctx.optimizers) > 1
     every = [f.name for f in ctx.layers]
     out = []
-    stepped = [a for a in hits if a.tensor.grad is not None]
-    idle = [a for a in hits if a.tensor.grad is None]
+    # A layer with any frozen parameter holding a .grad is reported as a whole, as stepped.
+    graded = {a.layer for a in hits if a.tensor.grad is not None}
+    stepped = [a for a in hits if a.layer in graded]
+    idle = [a for a in hits if a.layer not in graded]
     for severity, group in ((Severity.WARNING, stepped), (Severity.INFO, idle)):
         if not group:
             continue
@@ -86,9 +88,9 @@ def frozen_in_optimizer(ctx: Context) -> list[Finding]:
         where_in = ", ".join(f"{_label(a)} in {_group(a.slots[0], many)}" for a in group[:6])
         if severity is Severity.WARNING:
             why = (
-                "these parameters still hold a .grad (left from before they were frozen, or "
-                "zeros kept by zero_grad(set_to_none=False)), so optimizer.step() still moves "
-                "them: momentum carries old updates on and weight decay shrinks them"
+                "some of these parameters still hold a .grad (left from before they were "
+                "frozen, or zeros kept by zero_grad(set_to_none=False)), so optimizer.step() "
+                "still moves them: momentum carries old updates on and weight decay shrinks them"
                 + (decay and f"{decay}")
             )
         else:
