@@ -43,7 +43,9 @@ of samples, not of values: with 8 samples, batches of the training distribution 
 the default threshold in the deepest layers (benchmarks/domain_shift_threshold.py)."""
 
 
-def jeffreys(mean_a: Tensor, var_a: Tensor, mean_b: Tensor, var_b: Tensor, eps: float) -> Tensor:
+def jeffreys(
+    mean_a: Tensor, var_a: Tensor, mean_b: Tensor, var_b: Tensor, eps: float | Tensor
+) -> Tensor:
     """Per-channel symmetric KL divergence between N(mean_a, var_a+eps) and N(mean_b, var_b+eps)."""
     sa, sb = var_a + eps, var_b + eps
     return 0.5 * (sa / sb + sb / sa - 2) + 0.5 * (mean_a - mean_b) ** 2 * (1 / sa + 1 / sb)

@@ -24,7 +24,7 @@ from bnkit import _managed
 from bnkit._surgery import Where, select, unwrap
 from bnkit.diagnostics import _watch_output as out
 from bnkit.diagnostics._facts import behaviour, layer_facts
-from bnkit.diagnostics._watch_measure import Change, measure, snap
+from bnkit.diagnostics._watch_measure import Change, Layout
 from bnkit.errors import DiagnosticError
 
 __all__ = ["LayerStep", "Watch", "watch"]
@@ -90,8 +90,9 @@ class Watch:
         if self._active:
             raise DiagnosticError("this watch is already active; start a new bnkit.watch()")
         self._writer, self._own_writer = out.writer(self._writer_arg)
-        self._start = {n: snap(m) for n, m in self.layers}
-        self._prev = dict(self._start)
+        self._layout = Layout(self.layers)
+        self._start = self._layout.snap()
+        self._prev = self._start
         self._active = True
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._on_step))
@@ -174,7 +175,8 @@ class Watch:
         ]
 
     def _record(self, step: int) -> None:
-        snaps, changes = measure(self.layers, self._prev, self._start)
+        snaps = self._layout.snap()
+        changes = self._layout.measure(snaps, self._prev, self._start)
         new = self._steps(step, changes)
         self.records.extend(new)
         if self._writer is not None:
@@ -186,7 +188,8 @@ class Watch:
         """What changed since the last record (inside the ``with`` block), not recorded."""
         if not self._active:
             return []
-        return self._steps(self.steps, measure(self.layers, self._prev, self._start)[1])
+        now = self._layout.snap()
+        return self._steps(self.steps, self._layout.measure(now, self._prev, self._start))
 
     # ------------------------------------------------------------------ results
     def __iter__(self) -> Iterator[LayerStep]:
