@@ -34,7 +34,7 @@ def _drift_train() -> Case:
 
 def _drift_eval() -> Case:
     m = clean().eval()
-    m[4].requires_grad_(False)
+    m[4].bias.requires_grad_(False)  # only beta: no policy describes it, the rule still sees it
     return Case(m)
 
 
@@ -317,4 +317,5 @@ def test_fix_for_many_layers_refers_to_the_finding() -> None:
     assert "where=lambda name, _: name in set(finding.layers)" in f.fix
     namespace = {"bnkit": bnkit, "model": model, "finding": f}
     exec(f.fix.split(" fixes")[0], namespace)  # the fix is runnable as written
+    assert bnkit.policy_of(model[0]) == bnkit.preset("frozen")
     assert bnkit.check(model) == []

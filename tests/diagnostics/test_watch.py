@@ -199,3 +199,22 @@ def test_summary_table() -> None:
     assert rows["4"]["normalized with"] == "batch" and rows["4"]["batches"] == "+2"
     assert str(table).startswith("bnkit.watch: 2 steps of Sequential")
     assert table.to_dict()["rows"] == table.rows
+
+
+def test_layers_without_statistics_or_affine_and_reentry() -> None:
+    model = nn.Sequential(
+        nn.Linear(4, 4, bias=False),
+        nn.BatchNorm1d(4, affine=False),
+        nn.BatchNorm1d(4, track_running_stats=False),
+    )
+    w = bnkit.watch(model)
+    with w:
+        model(torch.randn(8, 4)).sum().backward()
+    plain, untracked = w.records
+    assert plain.batches == 1 and plain.mean_change and plain.affine_change == 0
+    assert not plain.grad  # no gamma/beta to receive one
+    assert untracked.mean_change is None and untracked.drift is None and untracked.batches == 0
+    assert (untracked.used, untracked.calls) == ("batch", 1)
+    assert w.changed() == ["1"]
+    with pytest.raises(bnkit.DiagnosticError, match=r"start a new bnkit\.watch"), w:
+        pass

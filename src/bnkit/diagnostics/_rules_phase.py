@@ -40,13 +40,15 @@ def stats_drift(ctx: Context) -> list[Finding]:
     for severity, group in _by_phase(hits):
         names = _names(group)
         when = "now, in train()" if severity is Severity.WARNING else "as soon as train() is called"
+        partial = any(any(t for _, _, t in affine_params(f.layer, f.policy)) for f in group)
+        which = "gamma or beta" if partial else "gamma/beta"
         out.append(
             Finding(
                 kind="stats_drift_with_frozen_affine",
                 severity=severity,
                 layers=tuple(names),
                 what=(
-                    f"gamma/beta of {listing(names)} have requires_grad=False, but the running "
+                    f"{which} of {listing(names)} have requires_grad=False, but the running "
                     f"statistics still update {when}: {group[0].in_phase(True).text}"
                 ),
                 why=(
@@ -56,8 +58,8 @@ def stats_drift(ctx: Context) -> list[Finding]:
                     "were trained with"
                 ),
                 fix=(
-                    f"bnkit.freeze(model{where(names, every)}) fixes the statistics too "
-                    "('frozen'); if the drift is intended, say so with "
+                    f"bnkit.apply(model, 'frozen'{where(names, every)}) fixes the statistics "
+                    "too; if the drift is intended, say so with "
                     f"bnkit.apply(model, 'frozen_affine'{where(names, every)})"
                 ),
             )

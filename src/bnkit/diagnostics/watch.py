@@ -83,12 +83,14 @@ class Watch:
         self._own_writer = False
         self._handles: list[Any] = []
         self._active = False
+        self._entered = False
         self._reset_interval()
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> Watch:
-        if self._active:
-            raise DiagnosticError("this watch is already active; start a new bnkit.watch()")
+        if self._entered:
+            raise DiagnosticError("a watch records one with-block; start a new bnkit.watch()")
+        self._entered = True
         self._writer, self._own_writer = out.writer(self._writer_arg)
         self._layout = Layout(self.layers)
         self._start = self._layout.snap()
