@@ -19,6 +19,11 @@ MODULES = [
     "bnkit.explain",
     "bnkit.distributed",
     "bnkit.tent",
+    "bnkit.diagnostics",
+    "bnkit.diagnostics.check",
+    "bnkit.diagnostics.findings",
+    "bnkit.diagnostics.report",
+    "bnkit.diagnostics.watch",
 ]
 
 

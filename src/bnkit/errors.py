@@ -7,7 +7,11 @@ when one is involved. The hierarchy::
     ├── PolicyError (ValueError)     an invalid policy setting or an unknown preset name
     ├── SelectionError (LookupError) a ``where=`` selection that matches no BatchNorm layer
     ├── InputError (ValueError)      a forward input that a layer cannot normalize
-    └── LayerError (TypeError)       a layer that cannot take the requested behaviour
+    ├── LayerError (TypeError)       a layer that cannot take the requested behaviour
+    ├── DiagnosticError (ValueError) a diagnostics call (check, watch, inspect) that cannot run
+    │                                as asked: a bad setting, factory or checkpoint
+    └── MissingDependencyError (ImportError)
+                                     an optional dependency is not installed (names the extra)
 
     NonFiniteBatchWarning (RuntimeWarning)
                                      a batch with NaN/Inf whose running-statistics update
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 __all__ = [
     "BNKitError",
+    "DiagnosticError",
     "InputError",
     "LayerError",
+    "MissingDependencyError",
     "NonFiniteBatchWarning",
     "PolicyError",
     "SelectionError",
@@ -44,6 +50,14 @@ class InputError(BNKitError, ValueError):
 
 class LayerError(BNKitError, TypeError):
     """A layer cannot take the requested behaviour (no buffers, lazy, foreign forward)."""
+
+
+class DiagnosticError(BNKitError, ValueError):
+    """A diagnostics call cannot run as asked (a bad setting, model factory or checkpoint)."""
+
+
+class MissingDependencyError(BNKitError, ImportError):
+    """An optional dependency is missing; the message names the pip extra that installs it."""
 
 
 class NonFiniteBatchWarning(RuntimeWarning):

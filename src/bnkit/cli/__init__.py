@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bnkit.cli import _explain, _policies
+from bnkit.cli import _explain, _inspect, _policies
 from bnkit.errors import BNKitError
 
 __all__ = ["main"]
 
-_COMMANDS = (_explain, _policies)
+_COMMANDS = (_explain, _policies, _inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
