@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.nets import assert_same_state, batches, small_cnn, state
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
 import bnkit
-from tests.nets import assert_same_state, batches, small_cnn, state
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # fvcore scripts a function on import
@@ -271,7 +271,8 @@ X3 = [torch.randn(8, 3) for _ in range(3)]
         (Unused(), X3, {}, "'spare'.* never reached"),
         (small_cnn(), [torch.randn(1, 3, 8, 8)], {}, "'9' got input shape .1, 4.: 1 value"),
         (small_cnn(), [[]], {}, "cannot feed a batch of type list"),
-        (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), X3, {"where": "0"}, "no running"),
+        (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), X3, {"where": "0"},
+         "no running"),
     ],
 )  # fmt: skip
 def test_errors_name_the_problem(

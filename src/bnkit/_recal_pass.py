@@ -204,7 +204,7 @@ class Pass:
         device = self.layers[0].estimator.device
         if error is None:
             parts = [torch.zeros(1, dtype=torch.float64, device=device)]
-            parts += [layer.estimator.local() for layer in self.layers]
+            parts += [layer.estimator.local().to(device) for layer in self.layers]
             local = torch.cat(parts)
         else:
             local = torch.zeros(1 + sum(sizes), dtype=torch.float64, device=device)

@@ -53,7 +53,10 @@ def recalibrate(
     saw (over all ranks), as ``torch.optim.swa_utils.update_bn`` counts them.
 
     Once every selected layer has been reached in a forward (from the second batch on), the
-    rest of the forward is skipped.
+    rest of the forward is skipped: the last layer's hook raises an exception that
+    ``recalibrate`` catches (a ``BaseException``, so ``except Exception`` in the model or in
+    ``forward=`` does not swallow it; ``finally`` blocks run). Code after the model call in
+    ``forward=`` therefore runs for the first batch only.
 
     Args:
         model: the model; DDP and ``torch.compile`` wrappers are seen through (the default
