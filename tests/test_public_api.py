@@ -24,6 +24,13 @@ MODULES = [
     "bnkit.diagnostics.findings",
     "bnkit.diagnostics.report",
     "bnkit.diagnostics.watch",
+    "bnkit.recalibrate",
+    "bnkit.statsets",
+    "bnkit.statbank",
+    "bnkit.convert",
+    "bnkit.convert.frozen",
+    "bnkit.convert.fuse",
+    "bnkit.convert.sync",
 ]
 
 

@@ -10,12 +10,18 @@ when one is involved. The hierarchy::
     ├── LayerError (TypeError)       a layer that cannot take the requested behaviour
     ├── DiagnosticError (ValueError) a diagnostics call (check, watch, inspect) that cannot run
     │                                as asked: a bad setting, factory or checkpoint
-    └── MissingDependencyError (ImportError)
-                                     an optional dependency is not installed (names the extra)
+    ├── MissingDependencyError (ImportError)
+    │                                an optional dependency is not installed (names the extra)
+    ├── RecalibrationError (RuntimeError)
+    │                                a recalibration pass that cannot give the statistics asked
+    └── StatsError (KeyError)        a statistic set that does not fit the model, or an
+                                     unknown set name
 
     NonFiniteBatchWarning (RuntimeWarning)
                                      a batch with NaN/Inf whose running-statistics update
                                      was skipped
+    FuseWarning (UserWarning)        ``bnkit.fuse`` could not trace (part of) a model with
+                                     torch.fx and fell back to ``nn.Sequential`` order
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from __future__ import annotations
 __all__ = [
     "BNKitError",
     "DiagnosticError",
+    "FuseWarning",
     "InputError",
     "LayerError",
     "MissingDependencyError",
     "NonFiniteBatchWarning",
     "PolicyError",
+    "RecalibrationError",
     "SelectionError",
+    "StatsError",
 ]
 
 
@@ -60,5 +69,23 @@ class MissingDependencyError(BNKitError, ImportError):
     """An optional dependency is missing; the message names the pip extra that installs it."""
 
 
+class RecalibrationError(BNKitError, RuntimeError):
+    """A recalibration pass cannot give the statistics asked for (data, layers, arguments)."""
+
+
+class StatsError(BNKitError, KeyError):
+    """A statistic set does not fit the model (names, shapes), or a set name is unknown.
+
+    A ``KeyError`` so that named-set lookups behave as mappings do; the message prints as is.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class NonFiniteBatchWarning(RuntimeWarning):
     """A batch produced NaN/Inf statistics; the running statistics were left unchanged."""
+
+
+class FuseWarning(UserWarning):
+    """``bnkit.fuse`` could not trace a module with torch.fx and paired layers by order instead."""

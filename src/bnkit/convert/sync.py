@@ -1,0 +1,146 @@
+"""SyncBatchNorm conversion that keeps everything about a layer, and reverts.
+
+:func:`to_sync` changes the class of each selected layer *in place*: the module object, its
+parameters and buffers (the same tensors), hooks, ``training`` and ``requires_grad`` all
+stay. A plain ``BatchNorm1d/2d/3d`` becomes ``nn.SyncBatchNorm`` (as
+``nn.SyncBatchNorm.convert_sync_batchnorm`` does); a subclass becomes a class made from it
+and ``nn.SyncBatchNorm``::
+
+    MyBN (synchronized) -> MyBN -> BatchNorm2d -> SyncBatchNorm -> _BatchNorm
+
+so its own ``forward`` (an activation after ``super().forward(x)``, say) and its input checks
+still run, with SyncBatchNorm's forward underneath. A layer bnkit manages keeps its policy.
+:func:`from_sync` restores the class each layer had (SyncBatchNorm itself does not know
+whether it was 1d, 2d or 3d; bnkit remembers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar, cast
+
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from bnkit._managed import is_managed, managed_class, original_class
+from bnkit._surgery import LayerState, Where, select
+from bnkit.convert import _synced
+from bnkit.errors import LayerError
+
+__all__ = ["from_sync", "to_sync"]
+
+M = TypeVar("M", bound=nn.Module)
+# Not "_bnkit_..." (those belong to a managed layer's policy state, which unfreeze resets).
+_KEPT = "_bnkitsync_source"
+_PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class _SyncedMeta(type):
+    """Made classes print as ``<class 'module.MyBN' (synchronized)>``."""
+
+    def __repr__(cls) -> str:
+        source = next(c for c in cls.__mro__ if type(c) is not _SyncedMeta)
+        return f"<class '{source.__module__}.{source.__qualname__}' (synchronized)>"
+
+
+_CLASSES: dict[type[_BatchNorm], type[_BatchNorm]] = {}
+
+
+def sync_class(cls: type[_BatchNorm]) -> type[_BatchNorm]:
+    """The synchronized counterpart of a BatchNorm class (made once, then cached)."""
+    if issubclass(cls, nn.SyncBatchNorm):
+        return cls
+    if cls in _PLAIN:
+        return nn.SyncBatchNorm
+    if cls not in _CLASSES:
+        # Served by bnkit.convert._synced under an encoded name, so that pickle finds it.
+        namespace = {
+            "__module__": _synced.__name__,
+            "__qualname__": _synced.export_name(cls),
+            "__doc__": cls.__doc__,
+        }
+        made = _SyncedMeta(cls.__name__, (cls, nn.SyncBatchNorm), namespace)
+        _CLASSES[cls] = cast(type[_BatchNorm], made)
+    return _CLASSES[cls]
+
+
+def _set_class(layer: _BatchNorm, cls: type[_BatchNorm]) -> None:
+    """Give ``layer`` the class ``cls`` (its managed form if bnkit manages it)."""
+    if is_managed(layer):
+        state: LayerState = vars(layer)["_bnkit_original"]
+        vars(layer)["_bnkit_original"] = dataclasses.replace(state, cls=cls)
+        layer.__class__ = managed_class(cls)
+    else:
+        layer.__class__ = cls
+
+
+def to_sync(model: M, process_group: Any = None, where: Where = None) -> M:
+    """Make the selected BatchNorm layers synchronize batch statistics across processes.
+
+    In place; returns the model. Layers that already are ``nn.SyncBatchNorm`` and frozen
+    exports are skipped (with ``where=None``; selecting a frozen export is an error).
+
+    Args:
+        model: the model.
+        process_group: the group to synchronize over (None: the whole world).
+        where: which layers; all if None.
+
+    Raises:
+        SelectionError: ``where`` matches no BatchNorm layer.
+        LayerError: a selected layer cannot be converted (nothing is changed then).
+    """
+    chosen = []
+    for name, layer in select(model, where):
+        if not isinstance(layer, _BatchNorm):
+            if where is not None:
+                raise LayerError(
+                    f"layer {name!r} is a {type(layer).__name__}, which has no synchronized "
+                    "form; convert it back first (bnkit.from_frozen)"
+                )
+            continue
+        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
+            raise LayerError(
+                f"layer {name!r} is an unmaterialized lazy layer; run one forward pass first"
+            )
+        if not isinstance(layer, nn.SyncBatchNorm):
+            chosen.append(layer)
+    for layer in chosen:
+        source = original_class(layer)
+        vars(layer)[_KEPT] = source
+        vars(layer)["process_group"] = process_group
+        _set_class(layer, sync_class(source))  # type: ignore[arg-type]
+    return model
+
+
+def from_sync(model: M, where: Where = None, default: type[_BatchNorm] | None = None) -> M:
+    """Turn the selected ``nn.SyncBatchNorm`` layers back into the classes they had.
+
+    In place; returns the model. A layer bnkit did not convert has no class to go back to: it
+    takes ``default`` (e.g. ``nn.BatchNorm2d``), and without one it is an error.
+
+    Raises:
+        LayerError: a SyncBatchNorm that bnkit did not convert, and no ``default`` (nothing is
+            changed then).
+    """
+    chosen: list[tuple[nn.SyncBatchNorm, type[_BatchNorm]]] = []
+    unknown = []
+    for name, layer in select(model, where):
+        if not isinstance(layer, nn.SyncBatchNorm):
+            continue
+        target = vars(layer).get(_KEPT) or default
+        if target is None:
+            unknown.append(name)
+        else:
+            chosen.append((layer, target))
+    if unknown:
+        raise LayerError(
+            f"layer(s) {', '.join(repr(n) for n in unknown)} are nn.SyncBatchNorm layers that "
+            "bnkit did not convert, so their class (BatchNorm1d/2d/3d, a subclass) is unknown; "
+            "pass default=nn.BatchNorm2d (or the right class)"
+        )
+    for layer, target in chosen:
+        _set_class(layer, target)
+        vars(layer).pop(_KEPT, None)
+        vars(layer).pop("process_group", None)
+    return model
