@@ -43,7 +43,7 @@ def apply(model: M, policy: Policy | str, where: Where = None) -> M:
         SelectionError: ``where`` matches no BatchNorm layer.
         LayerError: a selected layer cannot take the policy (nothing is changed then).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
         >>> _ = bnkit.apply(model, "frozen")
@@ -115,7 +115,7 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
 
     The previous state comes back also when the block raises.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
         >>> with bnkit.using(model, "batch_stats"):

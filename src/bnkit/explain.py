@@ -227,7 +227,7 @@ def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanat
         x: an input the layer accepts.
         name: how to call the layer in the text (default: its bnkit name or class).
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> bn = nn.BatchNorm1d(2)
         >>> e = bnkit.explain(bn, torch.tensor([[1.0, 2.0], [3.0, 6.0]]))

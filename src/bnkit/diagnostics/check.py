@@ -62,7 +62,7 @@ def check(
             ``param_groups`` as the optimizer, or an example forward that raised for another
             reason than a batch too small for a BatchNorm layer (the model is unchanged).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval()
         >>> [f.kind for f in bnkit.check(model)]

@@ -160,7 +160,7 @@ def report(model: nn.Module) -> Report:
     so a layer bnkit manages shows what its policy does, and a plain layer what its flags do.
     The model is not changed.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
         >>> row = bnkit.report(model)["1"]

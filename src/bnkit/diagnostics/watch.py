@@ -276,7 +276,7 @@ def watch(model: nn.Module, *, writer: Any = None, every: int = 1, where: Where 
         DiagnosticError: ``every`` is not a positive integer, or ``writer`` is unusable.
         MissingDependencyError: ``writer`` is a directory and tensorboard is not installed.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> model = bnkit.freeze(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
         >>> with bnkit.watch(model) as w:
