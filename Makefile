@@ -10,7 +10,7 @@ export MPLCONFIGDIR := $(CURDIR)/.venv/.mpl
 export KERAS_HOME   := $(CURDIR)/.venv/.keras
 export KERAS_BACKEND := torch
 
-.PHONY: all demo test lint types pytest bench clean
+.PHONY: all demo docs test lint types pytest bench clean
 
 all: test
 
@@ -18,12 +18,16 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt -e ".[cli,study,dev]"
+	$(PIP) install -c constraints.txt -e ".[cli,study,docs,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/bnkit explain --demo
 	$(BIN)/bnkit policies
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs built in site/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from tests.helpers import randomize
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from tests.helpers import randomize
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:

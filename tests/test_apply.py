@@ -271,3 +271,14 @@ def test_frozen_affine_policy_wins_over_later_requires_grad() -> None:
     layer.requires_grad_(True)
     layer(torch.randn(4, 3, requires_grad=True)).sum().backward()
     assert layer.weight.grad is None
+
+
+def test_model_wide_calls_skip_frozen_exports() -> None:
+    net = pretrained()
+    bnkit.to_frozen(net, where="head")
+    bnkit.freeze(net)  # the frozen export is fixed by nature: skipped, not an error
+    assert [n for n, _ in bnkit.managed_layers(net)] == ["backbone.0.bn", "backbone.1.bn"]
+    with pytest.raises(LayerError, match="cannot give a policy"):
+        bnkit.apply(net, "frozen", where="head")
+    with pytest.raises(LayerError, match="every BatchNorm layer of the model is a frozen export"):
+        bnkit.apply(bnkit.to_frozen(pretrained()), "pytorch")

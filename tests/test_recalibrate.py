@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -12,12 +13,12 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.nets import assert_same_state, batches, small_cnn, state
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
 import bnkit
-from tests.nets import assert_same_state, batches, small_cnn, state
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # fvcore scripts a function on import
@@ -271,7 +272,8 @@ X3 = [torch.randn(8, 3) for _ in range(3)]
         (Unused(), X3, {}, "'spare'.* never reached"),
         (small_cnn(), [torch.randn(1, 3, 8, 8)], {}, "'9' got input shape .1, 4.: 1 value"),
         (small_cnn(), [[]], {}, "cannot feed a batch of type list"),
-        (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), X3, {"where": "0"}, "no running"),
+        (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), X3, {"where": "0"},
+         "no running"),
     ],
 )  # fmt: skip
 def test_errors_name_the_problem(
@@ -318,3 +320,50 @@ def test_progress_bar_on_stderr(backend: str, capsys: pytest.CaptureFixture[str]
     bnkit.recalibrate(small_cnn().eval(), DATA, progress=False)
     bnkit.recalibrate(small_cnn().eval(), DATA)  # quick runs stay quiet
     assert capsys.readouterr().err == ""
+
+
+class _ViewHead(nn.Module):
+    """A model whose forward needs the default layout (.view on a conv output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self.conv(x).permute(0, 1, 3, 2))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_pass_gives_the_statistics_and_restores_the_parameters() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8)).eval()  # fmt: skip
+    weights = [(p, p.data_ptr(), p.stride(), p.data.clone()) for p in model.parameters()]
+    data = [torch.randn(16, 3, 10, 10) * 2 + 1 for _ in range(3)]
+    reference = copy.deepcopy(model)
+    bnkit.recalibrate(model, data, progress=False)
+    for p, pointer, stride, values in weights:  # the very same storage, layout and values
+        assert (p.data_ptr(), p.stride()) == (pointer, stride)
+        assert torch.equal(p, values)
+    # the default-layout pass (what `cumulative` and accelerators run) agrees to rounding
+    from bnkit import _layout
+
+    with pytest.MonkeyPatch.context() as mp:
+        module = sys.modules["bnkit.recalibrate"]  # the name bnkit.recalibrate is the function
+        mp.setattr(module, "wants_channels_last", lambda *a: False)
+        bnkit.recalibrate(reference, data, progress=False)
+    assert _layout.wants_channels_last(model, None)
+    for a, b in zip(model.buffers(), reference.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_needs_its_own_layout_falls_back() -> None:
+    torch.manual_seed(0)
+    model = _ViewHead().eval()
+    data = [torch.randn(8, 3, 8, 8) for _ in range(3)]
+    bnkit.recalibrate(model, data, progress=False)
+    h = model.conv(torch.cat(data)).permute(0, 1, 3, 2)
+    torch.testing.assert_close(model.bn.running_mean, h.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert int(model.bn.num_batches_tracked) == 3

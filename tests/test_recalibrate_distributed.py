@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from tests.nets import assert_same_state, batches, small_cnn, state
 
 import bnkit
-from tests.nets import assert_same_state, batches, small_cnn, state
 
 pytestmark = pytest.mark.distributed
 

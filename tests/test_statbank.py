@@ -8,9 +8,9 @@ import io
 import pytest
 import torch
 import torch.nn as nn
+from tests.nets import batches, small_cnn
 
 import bnkit
-from tests.nets import batches, small_cnn
 
 
 def test_adabn_and_switching_between_domains() -> None:
@@ -55,9 +55,9 @@ def test_using_restores_on_exception_and_unknown_names() -> None:
 
 def test_sets_are_checked_when_stored() -> None:
     bank = bnkit.stat_bank(small_cnn())
-    with pytest.raises(bnkit.StatsError, match="'1': running_mean has shape .6,. in the model"):
+    with pytest.raises(bnkit.StatsError, match=r"'1': running_mean has shape \(6,\) in the model"):
         bank["x"] = bnkit.capture_stats(nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(3)))
-    with pytest.raises(bnkit.StatsError, match="holds bnkit.StatSet values"):
+    with pytest.raises(bnkit.StatsError, match=r"holds bnkit\.StatSet values"):
         bank["x"] = {}  # type: ignore[assignment]
 
 

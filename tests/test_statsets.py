@@ -7,9 +7,9 @@ import io
 import pytest
 import torch
 import torch.nn as nn
+from tests.nets import assert_same_state, small_cnn, state
 
 import bnkit
-from tests.nets import assert_same_state, small_cnn, state
 
 
 def saved(obj: object) -> io.BytesIO:
@@ -25,7 +25,7 @@ def test_capture_and_load_round_trip_exactly() -> None:
     assert stats.layers == ["1", "4", "9"]
     assert set(stats) == {f"{n}.{k}" for n in stats.layers for k in
                           ("running_mean", "running_var", "num_batches_tracked")}  # fmt: skip
-    buffers = [b for b in target.buffers()]
+    buffers = list(target.buffers())
     bnkit.load_stats(target, stats)
     assert all(a is b for a, b in zip(buffers, target.buffers(), strict=True))
     for key, value in stats.items():

@@ -1,7 +1,9 @@
 """bnkit: BatchNorm that behaves exactly as you mean it to, and tells you what it did.
 
-Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset name, and
-:func:`explain` to see every number a layer computes.
+Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset name,
+:func:`explain` to see every number a layer computes, :func:`report`, :func:`check` and
+:func:`watch` to see what the layers of a model really do, and :func:`recalibrate` when the
+running statistics no longer fit the data.
 """
 
 from bnkit._surgery import Where
@@ -20,12 +22,18 @@ from bnkit.convert import (
     to_frozen,
     to_sync,
 )
+from bnkit.diagnostics.check import check
+from bnkit.diagnostics.findings import Finding, Severity
+from bnkit.diagnostics.report import LayerRow, Report, report
+from bnkit.diagnostics.watch import LayerStep, Watch, watch
 from bnkit.distributed import desynchronize, is_synchronized, synchronize
 from bnkit.errors import (
     BNKitError,
+    DiagnosticError,
     FuseWarning,
     InputError,
     LayerError,
+    MissingDependencyError,
     NonFiniteBatchWarning,
     PolicyError,
     RecalibrationError,
@@ -45,7 +53,9 @@ from bnkit.tent import Tent, softmax_entropy, tent
 __all__ = [
     "Affine",
     "BNKitError",
+    "DiagnosticError",
     "Explanation",
+    "Finding",
     "FrozenBatchNorm",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
@@ -54,7 +64,10 @@ __all__ = [
     "FuseWarning",
     "InputError",
     "LayerError",
+    "LayerRow",
     "LayerStats",
+    "LayerStep",
+    "MissingDependencyError",
     "NonFiniteBatchWarning",
     "Normalize",
     "Phase",
@@ -63,17 +76,21 @@ __all__ = [
     "PresetInfo",
     "RecalibrationError",
     "ReferenceStep",
+    "Report",
     "SelectionError",
+    "Severity",
     "StatBank",
     "StatSet",
     "StatsError",
     "StudyError",
     "Tent",
     "Update",
+    "Watch",
     "Where",
     "__version__",
     "apply",
     "capture_stats",
+    "check",
     "desynchronize",
     "explain",
     "freeze",
@@ -92,6 +109,7 @@ __all__ = [
     "reference_forward",
     "reference_step",
     "register_preset",
+    "report",
     "softmax_entropy",
     "stat_bank",
     "synchronize",
@@ -100,4 +118,5 @@ __all__ = [
     "to_sync",
     "unfreeze",
     "using",
+    "watch",
 ]

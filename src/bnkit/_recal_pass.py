@@ -102,18 +102,28 @@ class Pass:
                 handles.append(module.register_forward_hook(post))
                 for handle in handles:
                     self._stack.callback(handle.remove)
-            with torch.no_grad():
-                for layer in self.layers:
-                    mean, var = layer.buffers()
-                    mean.zero_()
-                    var.fill_(1.0)
-                    counter = layer.counter()
-                    if counter is not None:
-                        counter.zero_()
+            self._reset_layers()
         except BaseException:
             self._exit(ok=False)
             raise
         return self
+
+    def _reset_layers(self) -> None:
+        with torch.no_grad():
+            for layer in self.layers:
+                mean, var = layer.buffers()
+                mean.zero_()
+                var.fill_(1.0)
+                counter = layer.counter()
+                if counter is not None:
+                    counter.zero_()
+
+    def restart(self) -> None:
+        """Forget every batch seen so far (fresh estimators and buffers)."""
+        for layer in self.layers:
+            layer.estimator = self.estimator(layer.estimator.channels, layer.estimator.device)
+            layer.n, layer.reached = 0, False
+        self._reset_layers()
 
     def __exit__(
         self,
@@ -204,7 +214,7 @@ class Pass:
         device = self.layers[0].estimator.device
         if error is None:
             parts = [torch.zeros(1, dtype=torch.float64, device=device)]
-            parts += [layer.estimator.local() for layer in self.layers]
+            parts += [layer.estimator.local().to(device) for layer in self.layers]
             local = torch.cat(parts)
         else:
             local = torch.zeros(1 + sum(sizes), dtype=torch.float64, device=device)

@@ -43,7 +43,7 @@ def apply(model: M, policy: Policy | str, where: Where = None) -> M:
         SelectionError: ``where`` matches no BatchNorm layer.
         LayerError: a selected layer cannot take the policy (nothing is changed then).
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
         >>> _ = bnkit.apply(model, "frozen")
@@ -51,7 +51,7 @@ def apply(model: M, policy: Policy | str, where: Where = None) -> M:
         bnkit.preset('frozen')
     """
     pol = resolve(policy)
-    layers = select(model, where)
+    layers = _targets(model, where)
     for name, layer in layers:
         _check_manageable(layer, pol, name)
     for name, layer in layers:
@@ -76,7 +76,7 @@ def freeze(model: M, stats: bool = True, affine: bool = True, where: Where = Non
             "freeze(stats=False, affine=False) freezes nothing; use bnkit.unfreeze(model) "
             "to restore the layers"
         )
-    layers = select(model, where)
+    layers = _targets(model, where)
     targets = []
     for name, layer in layers:
         pol = policy_of(layer)
@@ -115,7 +115,7 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
 
     The previous state comes back also when the block raises.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
         >>> with bnkit.using(model, "batch_stats"):
@@ -124,7 +124,7 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
         bnkit.preset('pytorch')
     """
     pol = resolve(policy)
-    layers = select(model, where)
+    layers = _targets(model, where)
     for name, layer in layers:
         _check_manageable(layer, pol, name)
     saved = [(layer, capture(layer)) for _, layer in layers]
@@ -169,6 +169,22 @@ def managed_layers(model: nn.Module) -> list[tuple[str, Policy]]:
 
 
 # --------------------------------------------------------------------------- internals
+def _targets(model: nn.Module, where: Where) -> list[tuple[str, nn.Module]]:
+    """The selected layers; without ``where``, frozen exports (fixed by nature) are skipped."""
+    layers = select(model, where)
+    if where is not None:
+        return layers
+    chosen: list[tuple[str, nn.Module]] = [
+        (name, layer) for name, layer in layers if isinstance(layer, _BatchNorm)
+    ]
+    if not chosen:
+        raise LayerError(
+            "every BatchNorm layer of the model is a frozen export, which takes no policy; "
+            "convert them back with bnkit.from_frozen(model) first"
+        )
+    return chosen
+
+
 def _native_policy(layer: _BatchNorm) -> Policy:
     flags = (_grad_flag(layer, "weight"), _grad_flag(layer, "bias"))
     present = [f for f in flags if f is not None]

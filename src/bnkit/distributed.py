@@ -44,7 +44,7 @@ def synchronize(model: M, group: Any = None, where: Where = None) -> M:
         group: a process group; the default group if None.
         where: which layers; all if None.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = bnkit.synchronize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
         >>> bnkit.is_synchronized(model[1])

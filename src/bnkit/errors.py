@@ -8,6 +8,10 @@ when one is involved. The hierarchy::
     ├── SelectionError (LookupError) a ``where=`` selection that matches no BatchNorm layer
     ├── InputError (ValueError)      a forward input that a layer cannot normalize
     ├── LayerError (TypeError)       a layer that cannot take the requested behaviour
+    ├── DiagnosticError (ValueError) a diagnostics call (check, watch, inspect) that cannot run
+    │                                as asked: a bad setting, factory or checkpoint
+    ├── MissingDependencyError (ImportError)
+    │                                an optional dependency is not installed (names the extra)
     ├── RecalibrationError (RuntimeError)
     │                                a recalibration pass that cannot give the statistics asked
     ├── StatsError (KeyError)        a statistic set that does not fit the model, or an
@@ -26,9 +30,11 @@ from __future__ import annotations
 
 __all__ = [
     "BNKitError",
+    "DiagnosticError",
     "FuseWarning",
     "InputError",
     "LayerError",
+    "MissingDependencyError",
     "NonFiniteBatchWarning",
     "PolicyError",
     "RecalibrationError",
@@ -56,6 +62,14 @@ class InputError(BNKitError, ValueError):
 
 class LayerError(BNKitError, TypeError):
     """A layer cannot take the requested behaviour (no buffers, lazy, foreign forward)."""
+
+
+class DiagnosticError(BNKitError, ValueError):
+    """A diagnostics call cannot run as asked (a bad setting, model factory or checkpoint)."""
+
+
+class MissingDependencyError(BNKitError, ImportError):
+    """An optional dependency is missing; the message names the pip extra that installs it."""
 
 
 class RecalibrationError(BNKitError, RuntimeError):

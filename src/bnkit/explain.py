@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ class Explanation:
         trains = "trainable" if s.affine_trainable else "frozen (no gradient)"
         lines += [
             f"gamma/beta: {trains}",
-            f"largest |reference − layer output| = {self.max_abs_diff:.3g}",
+            f"largest |reference − layer output| {_bound(self.max_abs_diff)}",
         ]
         return "\n".join(lines)
 
@@ -226,7 +227,7 @@ def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanat
         x: an input the layer accepts.
         name: how to call the layer in the text (default: its bnkit name or class).
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> bn = nn.BatchNorm1d(2)
         >>> e = bnkit.explain(bn, torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
@@ -246,6 +247,15 @@ def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanat
 
 def _per_channel(t: Tensor) -> Tensor:
     return t.detach().transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _bound(diff: float) -> str:
+    """An order of magnitude, stable across machines: ``< 1e-07``."""
+    if diff == 0:
+        return "= 0"
+    if not math.isfinite(diff):
+        return f"= {diff}"
+    return f"< 1e{math.floor(math.log10(diff)) + 1:+03d}".replace("+", "")
 
 
 def _plain(value: object) -> object:

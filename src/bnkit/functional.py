@@ -256,8 +256,10 @@ class _MixedNormalize(torch.autograd.Function):
             gamma = invstd if weight is None else weight * invstd
             k = (1.0 - ctx.w) / ctx.n
             a = gamma * invstd * dweight * k
-            c = gamma * dbias * k - a * batch_mean
-            dx = dx - x * _per_channel(a, x) - _per_channel(c, x)
+            c = gamma * dbias * k
+            # a·(x − m_B) + c per channel, on BatchNorm's own (layout-aware) eval kernel
+            ones = torch.ones_like(batch_mean)
+            dx = dx.sub_(F.batch_norm(x, batch_mean, ones, a, c, False, 0.0, 0.0))
         return (
             dx if ctx.needs_input_grad[0] else None,
             dweight if ctx.needs_input_grad[1] else None,

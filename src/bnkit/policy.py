@@ -193,7 +193,7 @@ class Policy:
     Raises:
         PolicyError: a setting is out of range or does not apply to the other choices.
 
-    Example:
+    Examples:
         >>> import bnkit
         >>> bnkit.Policy(normalize="running", update="ema", momentum=0.001)
         bnkit.preset('adapt', momentum=0.001)

@@ -85,7 +85,7 @@ def preset(name: str, **changes: Any) -> Policy:
     Raises:
         PolicyError: unknown name, unknown setting, or an invalid combination.
 
-    Example:
+    Examples:
         >>> import bnkit
         >>> bnkit.preset("adapt", momentum=0.001).momentum
         0.001

@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnkit._estimators import ESTIMATORS, Estimator
+from bnkit._layout import ChannelsLast, wants_channels_last
 from bnkit._progress import Progress
 from bnkit._recal_pass import Pass, StopForward
 from bnkit._surgery import Where, select, unwrap
@@ -53,7 +54,10 @@ def recalibrate(
     saw (over all ranks), as ``torch.optim.swa_utils.update_bn`` counts them.
 
     Once every selected layer has been reached in a forward (from the second batch on), the
-    rest of the forward is skipped.
+    rest of the forward is skipped: the last layer's hook raises an exception that
+    ``recalibrate`` catches (a ``BaseException``, so ``except Exception`` in the model or in
+    ``forward=`` does not swallow it; ``finally`` blocks run). Code after the model call in
+    ``forward=`` therefore runs for the first batch only.
 
     Args:
         model: the model; DDP and ``torch.compile`` wrappers are seen through (the default
@@ -93,11 +97,14 @@ def recalibrate(
     device = _model_device(model)
     total, unit = _total(data, num_samples, num_batches)
     bar = Progress(progress, total, unit, "recalibrating BatchNorm")
+    root = unwrap(model)
+    fast = estimator != "cumulative" and wants_channels_last(root, device)
+    layout = ChannelsLast(root) if fast else None
     with Pass(model, layers, estimator_cls) as run:
         error: BaseException | None = None
         try:
-            with bar:
-                _feed(run, model, data, forward, device, num_samples, num_batches, bar)
+            with bar, layout or contextlib.nullcontext():
+                _feed(run, model, data, forward, device, num_samples, num_batches, bar, layout)
         except Exception as err:
             error = err
         run.finish(error)
@@ -114,6 +121,7 @@ def _feed(
     num_samples: int | None,
     num_batches: int | None,
     bar: Progress,
+    layout: ChannelsLast | None,
 ) -> None:
     call: Forward = forward if forward is not None else _default_forward
     target = model if forward is not None else unwrap(model)
@@ -137,8 +145,20 @@ def _feed(
                 if samples + size > num_samples:
                     batch, size = _take(batch, size, num_samples - samples), num_samples - samples
             run.begin_batch(stop_early=batches > 0)
-            with contextlib.suppress(StopForward):
-                call(target, _to_device(batch, device))
+            batch = _to_device(batch, device)
+            if layout is not None and layout.active and batches == 0:
+                try:
+                    with contextlib.suppress(StopForward):
+                        call(target, layout.batch(batch))
+                except RuntimeError:  # the model needs its own layout: start over without
+                    layout.undo()
+                    run.restart()
+                    run.begin_batch(stop_early=False)
+                    with contextlib.suppress(StopForward):
+                        call(target, batch)
+            else:
+                with contextlib.suppress(StopForward):
+                    call(target, batch if layout is None else layout.batch(batch))
             batches += 1
             samples += size or 0
             bar.advance((size or 0) if num_samples is not None else 1)

@@ -25,7 +25,7 @@ _ATTR = "_bnkit_stat_bank"
 class StatBank(MutableMapping[str, StatSet]):
     """Named :class:`~bnkit.StatSet` s of one model; get it with :func:`stat_bank`.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
         >>> bank = bnkit.stat_bank(model)

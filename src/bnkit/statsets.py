@@ -59,7 +59,7 @@ class StatSet(Mapping[str, Tensor]):
     Raises:
         StatsError: a key is not one of these, or a layer lacks its mean or variance.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> stats = bnkit.capture_stats(nn.Sequential(nn.BatchNorm1d(3)))
         >>> stats.layers

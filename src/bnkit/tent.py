@@ -58,7 +58,7 @@ class Tent:
         SelectionError: ``where`` selects no BatchNorm layer.
         LayerError: the selected layers have no gamma/beta to adapt.
 
-    Example:
+    Examples:
         >>> import torch, torch.nn as nn, bnkit
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval()
         >>> adapt = bnkit.tent(model, lr=1e-3)

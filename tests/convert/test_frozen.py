@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import BN_FOR_DIM, make_layer, randomize
+from tests.nets import small_cnn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import bnkit
-from tests.helpers import BN_FOR_DIM, make_layer, randomize
-from tests.nets import small_cnn
 
 FROZEN_FOR_DIM = {
     2: bnkit.FrozenBatchNorm1d,

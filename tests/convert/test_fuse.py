@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers import randomize
+from tests.nets import tiny_resnet
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import bnkit
-from tests.helpers import randomize
-from tests.nets import tiny_resnet
 
 CONV = {
     1: (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d),

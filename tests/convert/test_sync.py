@@ -8,11 +8,11 @@ import io
 import pytest
 import torch
 import torch.nn as nn
+from tests.helpers import randomize
+from tests.nets import small_cnn
 from torch import Tensor
 
 import bnkit
-from tests.helpers import randomize
-from tests.nets import small_cnn
 
 
 class WithActivation(nn.BatchNorm2d):
@@ -89,7 +89,7 @@ def test_synchronized_models_pickle_and_copy() -> None:
 
 def test_foreign_sync_layers_need_a_default() -> None:
     net = nn.SyncBatchNorm.convert_sync_batchnorm(small_cnn())
-    with pytest.raises(bnkit.LayerError, match="'1', '4', '9' are nn.SyncBatchNorm layers that"):
+    with pytest.raises(bnkit.LayerError, match=r"'1', '4', '9' are nn\.SyncBatchNorm layers that"):
         bnkit.from_sync(net)
     bnkit.from_sync(net, where=lambda n, m: n != "9", default=nn.BatchNorm2d)
     assert type(net[1]) is nn.BatchNorm2d and type(net[9]) is nn.SyncBatchNorm

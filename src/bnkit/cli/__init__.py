@@ -10,12 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bnkit.cli import _explain, _policies, _study
+from bnkit.cli import _explain, _inspect, _policies, _study
 from bnkit.errors import BNKitError
 
 __all__ = ["main"]
 
-_COMMANDS = (_explain, _policies, _study)
+_COMMANDS = (_explain, _policies, _inspect, _study)
 
 
 def build_parser() -> argparse.ArgumentParser:
