@@ -10,7 +10,7 @@ export MPLCONFIGDIR := $(CURDIR)/.venv/.mpl
 export KERAS_HOME   := $(CURDIR)/.venv/.keras
 export KERAS_BACKEND := torch
 
-.PHONY: all demo docs test lint types pytest bench clean
+.PHONY: all study demo docs test lint types pytest bench clean
 
 all: test
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt "torch==2.13.0"
 	$(PIP) install -c constraints.txt -e ".[cli,study,docs,dev]"
 	touch $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/bnkit study --out study-results
+	@echo "The study's report: study-results/report.html (and report.md, results.csv)"
 
 demo: $(STAMP)
 	$(BIN)/bnkit explain --demo

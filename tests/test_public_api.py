@@ -52,6 +52,7 @@ MODULES = [
     "bnkit.study.tables",
     "bnkit.study.training",
     "bnkit.study.user",
+    "bnkit.study.user_data",
     "bnkit.study._deps",
 ]
 

@@ -6,6 +6,8 @@ import base64
 import re
 from pathlib import Path
 
+import pytest
+
 from bnkit.study import Results, render
 from bnkit.study.plots import FIGURES
 from bnkit.study.report import checks_table
@@ -44,3 +46,23 @@ def test_tables_and_checks_cover_the_grid(tiny_run: tuple[Results, Path]) -> Non
     checks = checks_table(results)
     assert {c["result"] for c in checks} <= {"PASS", "FAIL", "NOT RUN"}
     assert len(checks) == 10
+
+
+def test_every_figure_has_its_legend(
+    tiny_run: tuple[Results, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnkit.study import plots
+
+    results, _ = tiny_run
+    legends = []
+    original = plots._png
+
+    def spy(fig: object, ax: object, **legend: object) -> bytes | None:
+        out = original(fig, ax, **legend)
+        legends.append(ax.get_legend() is not None and bool(ax.get_legend().get_texts()))  # type: ignore[attr-defined]
+        return out
+
+    monkeypatch.setattr(plots, "_png", spy)
+    drawn = [draw(results) for _, draw in plots.FIGURES.values()]
+    assert legends and all(legends)
+    assert sum(png is not None for png in drawn) == len(legends)

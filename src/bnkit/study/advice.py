@@ -63,9 +63,13 @@ def _batch_size(r: Results) -> list[str]:
         f"(averaged over all targets) {when}; at batch size {sizes[0]} it scored "
         f"{tb[sizes[0]].percent()}% against {src.percent()}%."
     )
-    prior = r.summary(**base, strategy="prior", batch_size=sizes[0])
-    if prior.n:
-        text += f" Prior mixing at batch size {sizes[0]} scored {prior.percent()}%."
+    for name, label in (
+        ("prior", "prior mixing"),
+        ("adapt", "running statistics following the stream (adapt)"),
+    ):
+        s = r.summary(**base, strategy=name, batch_size=sizes[0])
+        if s.n:
+            text += f" At batch size {sizes[0]}, {label} scored {s.percent()}%."
     return [text]
 
 
@@ -127,19 +131,20 @@ def _finetune(r: Results) -> list[str]:
                     ranked.append((s.mean, name, s))
             if ranked:
                 ranked.sort(reverse=True)
-                pt = r.summary(
-                    protocol="finetune", model="bn", strategy="pytorch", lr=lr, batch_size=bs
-                )
-                parts.append(
-                    f"at batch {bs} {ranked[0][1]} ({ranked[0][2].percent()}%; plain PyTorch "
-                    f"{pt.percent()}%)"
-                )
+                best = f"{ranked[0][1]} at batch {bs} ({ranked[0][2].percent()}%"
+                if ranked[0][1] != "pytorch":
+                    pt = r.summary(
+                        protocol="finetune", model="bn", strategy="pytorch", lr=lr, batch_size=bs
+                    )
+                    best += f"; plain PyTorch {pt.percent()}%"
+                parts.append(best + ")")
         if parts:
-            out.append(f"with lr {lr:g}: " + "; ".join(parts))
+            out.append(f"with lr {lr:g}, " + ", ".join(parts))
     if not out:
         return []
     text = (
-        f"**Few-shot fine-tuning** ({ft['steps']} SGD steps) ranked first " + ". ".join(out) + "."
+        f"**Few-shot fine-tuning** ({ft['steps']} SGD steps, mean over shifts and k): the best "
+        "BatchNorm strategy was " + "; ".join(out) + "."
     )
     lrs = sorted(ft["lrs"])
     if len(lrs) > 1:
@@ -156,6 +161,18 @@ def _finetune(r: Results) -> list[str]:
                 + " points: the learning rate that suits one BatchNorm strategy does not suit "
                 "another, so choose it for the strategy you use."
             )
+    bad = [row for row in r.select(protocol="finetune") if row["nonfinite"]]
+    if bad:
+        counts: dict[str, int] = {}
+        for row in bad:
+            counts[row["strategy"]] = counts.get(row["strategy"], 0) + 1
+        lrs_bad = sorted({float(row["lr"]) for row in bad})
+        text += (
+            f" Training diverged (NaN/Inf outputs, scored as wrong) in {len(bad)} of "
+            f"{len(r.select(protocol='finetune'))} fine-tuning cells: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f" (lr {', '.join(f'{x:g}' for x in lrs_bad)})."
+        )
     return [text]
 
 

@@ -167,13 +167,14 @@ def tent_stress(r: Results) -> dict[str, Any]:
     a = {**_tt("tent_stress"), **_shifted(r)}
     b = {**_tt("tent", stream="iid"), **_shifted(r)}
     status, sa, sb, d = _compare(r, a, b, _less)
+    ece = f"; ECE {_pct(r.summary('ece', **b))} → {_pct(r.summary('ece', **a))}" if d.n else ""
     return _result(
         "tent_stress",
         "TENT degrades under a high learning rate and several passes",
         "TENT repository, issue #7 (accuracy falls with more epochs)",
-        "paired Δ(tent_stress − tent) CI below 0",
+        "paired Δ(tent_stress − tent) accuracy CI below 0",
         status,
-        _pair_text("tent_stress", sa, "tent", sb, d, "shifted targets, highest severity"),
+        _pair_text("tent_stress", sa, "tent", sb, d, "shifted targets, highest severity") + ece,
     )
 
 

@@ -49,6 +49,7 @@ def _png(fig: Any, ax: Any, **legend: Any) -> bytes | None:
     if not ax.get_legend_handles_labels()[0]:
         _pyplot().close(fig)
         return None
+    ax.legend(fontsize=8, **legend)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
@@ -234,6 +235,7 @@ def severity_figure(r: Results) -> bytes | None:
             [{**multi, **sel, "severity": v} for v in sevs],
             color=COLORS[name],
             label=label,
+            linestyle="--" if name == "tent" else "-",
         )
     ax.set_xticks(sevs)
     ax.set_xlabel("severity")

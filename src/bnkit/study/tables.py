@@ -66,7 +66,7 @@ def _targets(r: Results) -> list[tuple[str, int]]:
 
 def headline_table(r: Results) -> list[dict[str, str]]:
     """Test-time strategies × targets at the highest severity (i.i.d. stream), plus the mean
-    over the shifted targets."""
+    accuracy and the mean expected calibration error over the shifted targets."""
     targets = _targets(r)
     table = []
     for label, sel in test_time_arms(r):
@@ -80,6 +80,7 @@ def headline_table(r: Results) -> list[dict[str, str]]:
             "severity": lambda v: v in (0, _sweep(r)),
         }
         row["mean (shifted)"] = r.summary(**sel, **shifted).percent()
+        row["ECE (shifted)"] = r.summary("ece", **sel, **shifted).percent()
         table.append(row)
     return table
 
