@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -33,6 +34,24 @@ def study(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
 def rows(out: Path) -> list[dict[str, str]]:
     with (out / "results.csv").open(encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cell_key(row: dict[str, str]) -> tuple[str, ...]:
@@ -77,7 +96,7 @@ def test_killed_at_any_moment_and_started_again(tiny_toml: Path, tmp_path: Path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bnkit", "study", "--config", str(tiny_toml), "--out", str(out)]
     proc = subprocess.Popen(
-        [*cmd, "--workers", "1", "--no-progress"],
+        [*cmd, "--workers", "2", "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=ENV,
@@ -88,8 +107,15 @@ def test_killed_at_any_moment_and_started_again(tiny_toml: Path, tmp_path: Path)
         if cells.is_dir() and len(list(cells.glob("*.json"))) >= 10:
             break
         time.sleep(0.01)
+    workers = children(proc.pid)
+    if Path(f"/proc/{proc.pid}/task/{proc.pid}/children").exists():
+        assert len(workers) >= 2  # the two pool workers (and multiprocessing's tracker)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the study finished before it could be killed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.01)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived the killed study"
     finished = {p.name: p.read_text() for p in cells.glob("*.json")}
     assert len(finished) >= 10
     assert not (out / "results.csv").exists()

@@ -82,3 +82,14 @@ def test_importing_bnkit_does_not_import_the_study() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.gpu
+def test_the_tiny_study_runs_on_a_gpu(
+    tiny_run: tuple[Results, Path], tiny_toml: Path, tmp_path: Path
+) -> None:
+    cpu, _ = tiny_run
+    gpu = run(StudyConfig.from_toml(tiny_toml), out=tmp_path, device="cuda", progress=False)
+    assert gpu.meta["device"] == "cuda" and gpu.meta["workers"] == 1
+    assert [key(r) for r in gpu.rows] == [key(r) for r in cpu.rows]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in gpu.rows)

@@ -164,6 +164,8 @@ def finetune_figure(r: Results) -> bytes | None:
     plt = _pyplot()
     lrs = list(ft["lrs"])
     sizes = sorted(ft["batch_sizes"])
+    ft_shifts = set(r.values("shift", protocol="finetune"))
+    ft_severities = set(r.values("severity", protocol="finetune"))
     fig, axes = plt.subplots(1, len(lrs), figsize=(5.2 * len(lrs), 4.4), sharey=True, squeeze=False)
     for ax, lr in zip(axes[0], lrs, strict=True):
         for model, name in [("bn", s) for s in ft["strategies"]] + [("gn", "pytorch")]:
@@ -190,8 +192,8 @@ def finetune_figure(r: Results) -> bytes | None:
             protocol="test_time",
             model="bn",
             strategy="source",
-            shift=lambda s: s in ft["shifts"],
-            severity=lambda v: v in (0, ft["severity"]),
+            shift=lambda s: s in ft_shifts,
+            severity=lambda v: v in ft_severities,
         )
         if src.n:
             ax.axhline(100 * src.mean, color="black", linestyle=":", label="source, no fine-tuning")

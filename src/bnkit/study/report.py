@@ -42,16 +42,23 @@ def _setup(r: Results) -> str:
     sizes = m.get("sizes", {})
     parts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items())
     tt, ft = c["test_time"], c["finetune"]
+
+    def listed(field: str, protocol: str, **where: Any) -> str:
+        return ", ".join(str(v) for v in r.values(field, protocol=protocol, **where)) or "none"
+
     return (
         f"Data: {m.get('data')} ({parts}). Model: {m.get('model')}. {c['seeds']} seeds; every "
         f"number is the mean over seeds ± the half-width of its 95% confidence interval "
-        f"(Student's t). Test-time protocol: targets {', '.join(['none', *c['shifts']])} at "
-        f"severities {c['severities']}; test batch sizes {tt['batch_sizes']}; streams "
-        f"{tt['streams']}; AdaBN with n = {tt['adabn_n']} target samples. Fine-tuning protocol: "
-        f"shifts {ft['shifts']} at severity {ft['severity']}; k = {ft['shots']} labels per class; "
-        f"batch sizes {ft['batch_sizes']}; {ft['steps']} SGD steps (momentum 0.9) at lr "
-        f"{ft['lrs']}; ghost batches of {ft['ghost_size']} (at a batch of {ft['ghost_size']} or "
-        f"fewer, ghost batch normalization is plain batch normalization). Device: "
+        f"(Student's t). Test-time protocol: targets {listed('shift', 'test_time')} at "
+        f"severities {listed('severity', 'test_time')} (0: unshifted or the user's target); "
+        f"test batch sizes {tt['batch_sizes']}; streams {tt['streams']}; AdaBN with n = "
+        f"{listed('n', 'test_time', strategy='adabn')} target samples. Fine-tuning protocol: "
+        f"shifts {listed('shift', 'finetune')} at severity {listed('severity', 'finetune')}; "
+        f"k = {listed('k', 'finetune')} labels per class; batch sizes "
+        f"{listed('batch_size', 'finetune')}; {ft['steps']} SGD steps (momentum 0.9) at lr "
+        f"{listed('lr', 'finetune')}; ghost batches of {ft['ghost_size']} (at a batch of "
+        f"{ft['ghost_size']} or fewer, ghost batch normalization is plain batch normalization). "
+        "Device: "
         f"{m.get('device')}, {m.get('workers')} worker(s) × {m.get('threads_per_worker')} "
         f"thread(s); {m.get('cells')} cells ({m.get('ran')} run now, {m.get('skipped')} from an "
         f"earlier run) in {m.get('wall_s', 0):.0f} s."

@@ -15,9 +15,12 @@ threads; with one worker they run in this process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import platform
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +37,8 @@ from bnkit.study.grid import grid
 from bnkit.study.results import Results
 
 __all__ = ["default_workers", "resolve_device", "run", "usable_cores"]
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _cpu_seconds() -> float:
@@ -77,6 +82,16 @@ def _tasks(cells: list[Cell]) -> list[list[Cell]]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the study's process dies (even by
+    SIGKILL), so an interrupted study leaves no workers behind."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _call_pretrain(args: tuple[BenchSpec, str, int]) -> dict[str, Any]:
