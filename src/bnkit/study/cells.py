@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from bnkit.study._atomic import atomic_file
 
 __all__ = ["ROW_FIELDS", "Cell", "load_finished", "write_cell"]
 
@@ -92,18 +92,9 @@ class Cell:
 
 def write_cell(folder: Path, cell: Cell, row: dict[str, Any]) -> None:
     """Write the finished ``cell`` with its result ``row`` atomically into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"cell": dataclasses.asdict(cell), "row": row}, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cell-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / cell.filename)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(folder / cell.filename) as f:
+        f.write(payload)
 
 
 def load_finished(folder: Path, cells: Iterable[Cell]) -> dict[Cell, dict[str, Any]]:

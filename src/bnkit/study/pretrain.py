@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from bnkit._surgery import bn_layers
+from bnkit.study._atomic import atomic_file
 from bnkit.study.config import PretrainConfig
 from bnkit.study.data import Domain
 from bnkit.study.metrics import accuracy
@@ -135,17 +134,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def bn_only_from_scratch(

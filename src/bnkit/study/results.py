@@ -12,11 +12,10 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from bnkit.study._atomic import atomic_file
 from bnkit.study.cells import ROW_FIELDS
 from bnkit.study.metrics import Summary, summarize
 
@@ -118,13 +117,6 @@ def _plain(value: Any) -> Any:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`bnkit.study._atomic.atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(text)
