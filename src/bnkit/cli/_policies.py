@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from bnkit.policy import Policy
+from bnkit.policy import Normalize, Policy, Update
 from bnkit.presets import preset_info, presets
 
 
@@ -27,12 +27,34 @@ def rows() -> list[dict[str, str]]:
         out.append(
             {
                 "name": name,
-                "train()": pol.describe(True),
-                "eval()": pol.describe(False),
+                "normalize (train | eval)": _normalize(pol),
+                "update": _update(pol),
+                "gamma/beta": pol.affine.value,
                 "the same as": info.same_as,
             }
         )
     return out
+
+
+_SHORT = {
+    Normalize.BATCH: "batch",
+    Normalize.RUNNING: "running",
+    Normalize.RENORM: "renorm (r_max {p.r_max:g}, d_max {p.d_max:g})",
+    Normalize.GHOST: "ghost ({p.ghost_size} per ghost)",
+    Normalize.PRIOR: "prior (N={p.prior_strength:g})",
+}
+
+
+def _normalize(pol: Policy) -> str:
+    train, evaluate = (_SHORT[pol.stats_in(t)].format(p=pol) for t in (True, False))
+    return train if train == evaluate else f"{train} | {evaluate}"
+
+
+def _update(pol: Policy) -> str:
+    if pol.update is Update.NEVER:
+        return "never"
+    rule = f"EMA {pol.momentum:g}" if pol.update is Update.EMA else "cumulative"
+    return f"{rule} in {pol.update_in.value}"
 
 
 def run(args: argparse.Namespace) -> int:
