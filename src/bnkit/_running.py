@@ -110,8 +110,9 @@ class RunningStats(_BatchNorm):
     def _bnkit_check(self, old_mean: Tensor, old_var: Tensor, counted: bool) -> None:
         """Undo, with a warning, an update that turned finite statistics into NaN/Inf."""
         mean, var = self._bnkit_running()
-        # One reduction read on the host: NaN/Inf anywhere makes the sum non-finite.
-        if math.isfinite(mean.sum().add_(var.sum()).item()):
+        # The batch's mean is non-finite only with its variance (inf − inf is NaN), so the
+        # variance alone tells; summed on the host (tolist costs less than a tensor reduction).
+        if math.isfinite(sum(var.tolist())):
             return
         if bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
             return  # only the sum overflowed
