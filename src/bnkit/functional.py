@@ -202,14 +202,81 @@ def ghost_normalize(
     Returns the output and, per group, the mean, the biased variance (shape ``(G, C)``) and the
     number of values per channel.
     """
-    outs, means, variances, counts = [], [], [], []
-    for chunk in torch.split(x, ghost_size, dim=0):
-        out, mean, invstd = torch.native_batch_norm(chunk, weight, bias, None, None, True, 0.0, eps)
-        outs.append(out)
-        means.append(mean.detach())
-        variances.append(invstd.detach().pow(-2) - eps)
-        counts.append(values_per_channel(chunk))
-    return torch.cat(outs, dim=0), torch.stack(means), torch.stack(variances), counts
+    if torch.compiler.is_compiling():
+        outs, means, invstds = [], [], []
+        for chunk in torch.split(x, ghost_size, dim=0):
+            out, mean, invstd = torch.native_batch_norm(
+                chunk, weight, bias, None, None, True, 0.0, eps
+            )
+            outs.append(out)
+            means.append(mean.detach())
+            invstds.append(invstd.detach())
+        y, mean_t, invstd_t = torch.cat(outs, dim=0), torch.stack(means), torch.stack(invstds)
+    else:
+        stats: list[Tensor] = []
+        y = _GhostBatchNorm.apply(x, weight, bias, ghost_size, eps, stats)  # type: ignore[no-untyped-call]
+        mean_t, invstd_t = stats
+    counts = [values_per_channel(c) for c in torch.split(x, ghost_size, dim=0)]
+    return y, mean_t, invstd_t.pow(-2) - eps, counts
+
+
+class _GhostBatchNorm(torch.autograd.Function):
+    """BatchNorm over consecutive groups of samples, each group on the native kernels.
+
+    Every group is normalized straight into its slice of one output (no concatenation), and
+    its backward is BatchNorm's own backward on that slice.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        size: int,
+        eps: float,
+        stats: list[Tensor],
+    ) -> Tensor:
+        out = torch.empty_like(x)
+        groups = x.shape[0] // size + (x.shape[0] % size > 0)
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        means = x.new_empty((groups, x.shape[1]), dtype=acc)
+        invstds = x.new_empty((groups, x.shape[1]), dtype=acc)
+        for i, chunk in enumerate(torch.split(x, size, dim=0)):
+            torch.ops.aten.native_batch_norm.out(
+                chunk, weight, bias, None, None, True, 0.0, eps,
+                out=out[i * size : i * size + chunk.shape[0]],
+                save_mean=means[i], save_invstd=invstds[i],
+            )  # fmt: skip
+        ctx.save_for_backward(x, weight, means, invstds)
+        ctx.size, ctx.eps = size, eps
+        stats.extend([means, invstds])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, means, invstds = ctx.saved_tensors
+        size = ctx.size
+        dx = torch.empty_like(x)
+        dweight = dbias = None
+        for i, chunk in enumerate(torch.split(x, size, dim=0)):
+            rows = slice(i * size, i * size + chunk.shape[0])
+            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                dy[rows], chunk, weight, None, None, means[i], invstds[i], True, ctx.eps,
+                [True, True, True],
+            )  # fmt: skip
+            dx[rows] = gx
+            dweight = gw if dweight is None else dweight + gw
+            dbias = gb if dbias is None else dbias + gb
+        needs = ctx.needs_input_grad
+        return (
+            dx if needs[0] else None,
+            dweight if needs[1] else None,
+            dbias if needs[2] else None,
+            None,
+            None,
+            None,
+        )
 
 
 def prior_weight(strength: float, n: int) -> float:
@@ -256,10 +323,9 @@ class _MixedNormalize(torch.autograd.Function):
             gamma = invstd if weight is None else weight * invstd
             k = (1.0 - ctx.w) / ctx.n
             a = gamma * invstd * dweight * k
-            c = gamma * dbias * k
-            # a·(x − m_B) + c per channel, on BatchNorm's own (layout-aware) eval kernel
-            ones = torch.ones_like(batch_mean)
-            dx = dx.sub_(F.batch_norm(x, batch_mean, ones, a, c, False, 0.0, 0.0))
+            c = gamma * dbias * k - a * batch_mean
+            # dx − (a·x + c), in place (no fresh full-size tensor)
+            dx = dx.addcmul_(x, _per_channel(a, x), value=-1.0).sub_(_per_channel(c, x))
         return (
             dx if ctx.needs_input_grad[0] else None,
             dweight if ctx.needs_input_grad[1] else None,
