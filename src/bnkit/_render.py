@@ -10,22 +10,25 @@ def print_table(title: str, rows: list[dict[str, str]]) -> None:
     if not rows:
         print(f"{title}: (none)")
         return
-    if sys.stdout.isatty():
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            pass
-        else:
-            table = Table(title=title)
-            for key in rows[0]:
-                table.add_column(key)
-            for row in rows:
-                table.add_row(*(row[k] for k in row))
-            Console().print(table)
-            return
-    print(title)
-    print(plain_table(rows))
+    if not (sys.stdout.isatty() and _print_rich(title, rows)):
+        print(title)
+        print(plain_table(rows))
+
+
+def _print_rich(title: str, rows: list[dict[str, str]]) -> bool:
+    """Print ``rows`` with rich; False when rich is not installed."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return False
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(row[k] for k in row))
+    Console().print(table)
+    return True
 
 
 def plain_table(rows: list[dict[str, str]]) -> str:
