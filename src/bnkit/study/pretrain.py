@@ -22,12 +22,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import bn_layers
 from bnkit.study._atomic import atomic_file
 from bnkit.study.config import PretrainConfig
 from bnkit.study.data import Domain
 from bnkit.study.metrics import accuracy
-from bnkit.study.training import fit, predict
+from bnkit.study.training import fit, only_bn_affine, predict
 
 __all__ = [
     "CACHE_VERSION",
@@ -156,16 +155,7 @@ def bn_only_from_scratch(
     """
     torch.manual_seed(zlib.crc32(f"bn-only-{seed}".encode()))
     model = build().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [
-        p
-        for _, layer in bn_layers(model)
-        for p in (layer.weight, layer.bias)
-        if isinstance(p, nn.Parameter)
-    ]
-    for p in params:
-        p.requires_grad_(True)
+    params = only_bn_affine(model)
     xs, ys = _tensors(source, device)
     fit(
         model,

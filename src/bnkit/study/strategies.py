@@ -21,7 +21,7 @@ from torch import Tensor
 
 import bnkit
 from bnkit._surgery import bn_layers
-from bnkit.study.training import fit, predict
+from bnkit.study.training import fit, only_bn_affine, predict
 
 __all__ = ["FINETUNE", "TEST_TIME", "FineTuneContext", "Strategy", "StreamContext"]
 
@@ -170,17 +170,7 @@ def _finetune_with(policy: str | None) -> Callable[..., None]:
 
 
 def _bn_only(model: nn.Module, ctx: FineTuneContext) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [
-        p
-        for _, layer in bn_layers(model)
-        for p in (layer.weight, layer.bias)
-        if isinstance(p, nn.Parameter)
-    ]
-    for p in params:
-        p.requires_grad_(True)
-    _train(model, ctx, params)
+    _train(model, ctx, only_bn_affine(model))
 
 
 def _adabn_finetune(model: nn.Module, ctx: FineTuneContext) -> None:

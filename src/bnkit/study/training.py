@@ -15,7 +15,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnkit._surgery import bn_layers
+
 __all__ = ["batches", "fit", "predict"]
+
+
+def only_bn_affine(model: nn.Module) -> list[nn.Parameter]:
+    """Make gamma/beta of every BatchNorm layer the only trainable parameters; return them."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [
+        p
+        for _, layer in bn_layers(model)
+        for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
+        if isinstance(p, nn.Parameter)
+    ]
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[Tensor]:
