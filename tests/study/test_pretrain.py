@@ -12,7 +12,13 @@ from bnkit._surgery import bn_layers
 from bnkit.study.config import PretrainConfig
 from bnkit.study.data import digits, split
 from bnkit.study.models import build_model
-from bnkit.study.pretrain import bn_only_from_scratch, cache_key, fingerprint, pretrained
+from bnkit.study.pretrain import (
+    Pretrained,
+    bn_only_from_scratch,
+    cache_key,
+    fingerprint,
+    pretrained,
+)
 
 CPU = torch.device("cpu")
 SETTINGS = PretrainConfig(epochs=1, batch_size=64, lr=0.05)
@@ -22,29 +28,18 @@ def build() -> torch.nn.Module:
     return build_model("bn", width=4)
 
 
-def test_second_pretraining_is_a_cache_hit_with_identical_weights(tmp_path: Path) -> None:
+def _pretrain(cache: Path) -> Pretrained:
     s = split(digits(8), 0)
     desc = {"name": "test-bn", "width": 4}
-    first = pretrained(
-        build,
-        desc,
-        s.source_train,
-        s.source_val,
-        settings=SETTINGS,
-        seed=0,
-        cache_dir=tmp_path,
+    return pretrained(
+        build, desc, s.source_train, s.source_val, settings=SETTINGS, seed=0, cache_dir=cache,
         device=CPU,
-    )
-    second = pretrained(
-        build,
-        desc,
-        s.source_train,
-        s.source_val,
-        settings=SETTINGS,
-        seed=0,
-        cache_dir=tmp_path,
-        device=CPU,
-    )
+    )  # fmt: skip
+
+
+def test_second_pretraining_is_a_cache_hit_with_identical_weights(tmp_path: Path) -> None:
+    first = _pretrain(tmp_path)
+    second = _pretrain(tmp_path)
     assert not first.cache_hit and second.cache_hit and first.path == second.path
     assert first.val_accuracy == second.val_accuracy
     a, b = first.model.state_dict(), second.model.state_dict()
@@ -69,30 +64,10 @@ def test_the_cache_key_covers_what_decides_the_weights() -> None:
 
 
 def test_a_corrupt_cache_file_is_an_error_not_silently_used(tmp_path: Path) -> None:
-    s = split(digits(8), 0)
-    desc = {"name": "test-bn", "width": 4}
-    first = pretrained(
-        build,
-        desc,
-        s.source_train,
-        s.source_val,
-        settings=SETTINGS,
-        seed=0,
-        cache_dir=tmp_path,
-        device=CPU,
-    )
+    first = _pretrain(tmp_path)
     first.path.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception):  # noqa: B017,PT011 - torch's own unpickling error
-        pretrained(
-            build,
-            desc,
-            s.source_train,
-            s.source_val,
-            settings=SETTINGS,
-            seed=0,
-            cache_dir=tmp_path,
-            device=CPU,
-        )
+        _pretrain(tmp_path)
 
 
 def test_bn_only_training_changes_only_gamma_and_beta(monkeypatch: pytest.MonkeyPatch) -> None:
