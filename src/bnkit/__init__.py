@@ -8,7 +8,7 @@ running statistics no longer fit the data.
 
 from bnkit._surgery import Where
 from bnkit._version import __version__
-from bnkit.apply import apply, freeze, managed_layers, policy_of, unfreeze, using
+from bnkit.apply import apply, bn_layers, freeze, managed_layers, policy_of, unfreeze, using
 from bnkit.convert import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
@@ -89,6 +89,7 @@ __all__ = [
     "Where",
     "__version__",
     "apply",
+    "bn_layers",
     "capture_stats",
     "check",
     "desynchronize",

@@ -22,7 +22,7 @@ from bnkit.errors import LayerError, PolicyError
 from bnkit.policy import DEFAULT_MOMENTUM, Affine, Normalize, Phase, Policy, Update
 from bnkit.presets import resolve
 
-__all__ = ["apply", "freeze", "managed_layers", "policy_of", "unfreeze", "using"]
+__all__ = ["apply", "bn_layers", "freeze", "managed_layers", "policy_of", "unfreeze", "using"]
 
 M = TypeVar("M", bound=nn.Module)
 
