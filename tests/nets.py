@@ -86,3 +86,10 @@ def assert_same_state(
         if skip and key.startswith(skip):
             continue
         assert torch.equal(a[key], b[key]), key
+
+
+class BNReLU(nn.BatchNorm2d):
+    """A BatchNorm subclass with an activation after ``super().forward`` (kept by policies)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.relu(super().forward(input))
