@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     model = resnet(width=args.width).eval()
     fused = bnkit.fuse(model)
-    print(bnkit.fuse_plan(model).__str__().splitlines()[0])
+    print(bnkit.convert.fuse_plan(model).__str__().splitlines()[0])
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         x = torch.randn(batch, 3, 32, 32)

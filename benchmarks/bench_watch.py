@@ -101,7 +101,7 @@ def p10(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[0]
 
 
-def record_time(w: bnkit.Watch, repeats: int = 200) -> float:
+def record_time(w: bnkit.diagnostics.Watch, repeats: int = 200) -> float:
     """Median time of one record (a step boundary's measurement) of an active watch."""
     times = []
     for i in range(repeats):

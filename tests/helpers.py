@@ -69,7 +69,8 @@ def native_twin(layer: _BatchNorm, policy: Policy, training: bool) -> _BatchNorm
     if batch and upd:
         twin.train()
         twin.track_running_stats = True
-        twin.momentum = None if policy.update is Update.CUMULATIVE else policy.momentum
+        own = layer.momentum if policy.momentum is None else policy.momentum  # None: the layer's
+        twin.momentum = None if policy.update is Update.CUMULATIVE else own
     elif batch:
         twin.train()
         twin.track_running_stats = False

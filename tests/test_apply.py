@@ -106,10 +106,12 @@ def test_deepcopy_and_pickle_keep_the_policy() -> None:
         assert torch.equal(copy.deepcopy(net)(x), other(x))
 
 
-def test_repr_shows_the_policy_and_class_name_is_kept() -> None:
+def test_repr_shows_the_policy_and_the_managed_class_name() -> None:
     net = bnkit.apply(pretrained(), "frozen", where="head")
-    assert type(net.head[2]).__name__ == "BatchNorm1d"
+    assert type(net.head[2]).__name__ == "ManagedBatchNorm1d"
+    assert repr(net.head[2]).startswith("ManagedBatchNorm1d(")  # repr and type() agree
     assert isinstance(net.head[2], nn.BatchNorm1d)
+    assert bnkit.layers.original_class(net.head[2]) is nn.BatchNorm1d
     assert "policy=bnkit.preset('frozen')" in repr(net.head[2])
     assert "policy" not in repr(net.backbone[0].bn)
 
@@ -134,16 +136,15 @@ def test_subclass_with_activation_keeps_it() -> None:
     y = layer(x)
     assert torch.equal(y, reference(x))
     assert (y >= 0).all()
-    assert type(layer).__name__ == "BNReLU"
+    assert type(layer).__name__ == "ManagedBNReLU"
+    assert isinstance(layer, BNReLU)
 
 
-def test_subclass_that_bypasses_batchnorm_forward_is_refused_on_first_forward() -> None:
+def test_subclass_that_bypasses_batchnorm_forward_is_refused_at_apply() -> None:
     layer = randomize(ForeignBN(4))
-    bnkit.apply(layer, "frozen").train()
-    before = {k: v.clone() for k, v in layer.state_dict().items()}
-    with pytest.raises(LayerError, match="does not call BatchNorm's forward"):
-        layer(torch.randn(3, 4, 5, 5))
-    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    with pytest.raises(LayerError, match=r"computes BatchNorm itself.*register_layer\(ForeignBN"):
+        bnkit.apply(layer, "frozen")
+    assert type(layer) is ForeignBN and bnkit.managed_layers(layer) == []
 
 
 def test_lazy_batchnorm_needs_materializing_first() -> None:
@@ -167,7 +168,7 @@ def test_syncbatchnorm_without_process_group_matches_native() -> None:
 
 
 def test_where_selects_by_glob_ancestor_type_and_predicate() -> None:
-    def chosen(where: bnkit.Where) -> list[str]:
+    def chosen(where: bnkit.layers.Where) -> list[str]:
         net = bnkit.apply(pretrained(), "frozen", where=where)
         return [name for name, _ in bnkit.managed_layers(net)]
 
@@ -214,15 +215,16 @@ def test_unfreeze_restores_everything() -> None:
     layer.bias.requires_grad_(False)
     text = repr(layer)
     bnkit.apply(layer, "adapt")
+    assert layer.momentum == 0.01  # adapt names a momentum: it holds while the policy does
     bnkit.apply(layer, "pytorch")
-    assert layer.momentum == 0.1 and layer.weight.requires_grad
+    assert layer.momentum == 0.3 and layer.weight.requires_grad  # pytorch keeps the layer's own
     bnkit.unfreeze(layer)
     assert type(layer) is nn.BatchNorm2d
     assert layer.momentum == 0.3
     assert not layer.weight.requires_grad and not layer.bias.requires_grad
     assert repr(layer) == text
     assert not [k for k in vars(layer) if k.startswith("_bnkit")]
-    assert bnkit.policy_of(layer) == bnkit.preset("frozen_affine", momentum=0.3)
+    assert bnkit.policy_of(layer) == bnkit.preset("frozen_affine")
 
 
 def test_using_restores_previous_policies_also_on_exception() -> None:

@@ -105,10 +105,10 @@ def test_not_synchronized_without_a_process_group() -> None:
     x, _ = data()
     plain = build(None)
     synced = bnkit.synchronize(copy.deepcopy(plain))
-    assert bnkit.is_synchronized(synced[1])
+    assert bnkit.distributed.is_synchronized(synced[1])
     assert torch.equal(synced(x), plain(x))
     bnkit.desynchronize(synced)
-    assert not bnkit.is_synchronized(synced[1])
+    assert not bnkit.distributed.is_synchronized(synced[1])
 
 
 @pytest.mark.slow

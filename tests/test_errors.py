@@ -96,9 +96,9 @@ def test_nonfinite_guard_keeps_backward_working(
     preset: str, sync_free: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The device-select path is what accelerators and torch.compile run; force it on CPU.
-    from bnkit import _running
+    from bnkit.layers import update
 
-    monkeypatch.setattr(_running, "sync_free", lambda t: sync_free)
+    monkeypatch.setattr(update, "sync_free", lambda t: sync_free)
     model = managed(preset).train()
     before = state(model)
     x = torch.randn(3, 4, 5, 5)

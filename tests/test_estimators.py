@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from bnkit._estimators import ESTIMATORS, BatchMean, Cumulative, Estimator, Population
+from bnkit.stats.estimators import ESTIMATORS, BatchMean, Cumulative, Estimator, Population
 
 CPU = torch.device("cpu")
 

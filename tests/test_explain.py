@@ -9,7 +9,7 @@ import torch.nn as nn
 from tests.helpers import randomize
 
 import bnkit
-from bnkit._demo import PRINTED_INPUT, PRINTED_OUTPUT, demo_input, demo_layer, demo_text
+from bnkit.cli._demo import PRINTED_INPUT, PRINTED_OUTPUT, demo_input, demo_layer, demo_text
 
 
 def test_demo_input_prints_as_the_example_and_output_matches_every_digit() -> None:

@@ -35,7 +35,7 @@ def test_presets_are_bitwise_native_on_cuda(
 def test_strategies_match_the_reference_on_cuda(preset: str) -> None:
     layer = managed_copy(make_layer(4, 8), bnkit.preset(preset)).cuda().train()
     x = torch.randn(20, 8, 5, 5, device="cuda") * 2 + 1
-    ref = bnkit.reference_step(layer, x)
+    ref = bnkit.reference.reference_step(layer, x)
     torch.testing.assert_close(layer(x).double(), ref.output.detach(), rtol=2e-4, atol=2e-5)
     assert ref.new_running_mean is not None
     torch.testing.assert_close(

@@ -17,7 +17,7 @@ def test_model_pickled_by_bnkit_0_1_loads_with_its_policies() -> None:
     policies = {name: repr(p) for name, p in bnkit.managed_layers(model)}
     assert policies == saved["policies"]
     assert torch.equal(model.eval()(saved["input"]), saved["output"])
-    assert bnkit.is_synchronized(model[6])
+    assert bnkit.distributed.is_synchronized(model[6])
     before = model[1].running_mean.clone()
     model.train()(saved["input"])
     assert torch.equal(model[1].running_mean, before)  # still frozen
@@ -27,7 +27,6 @@ def test_model_pickled_by_bnkit_0_1_loads_with_its_policies() -> None:
 
 
 def test_statset_saved_by_bnkit_0_1_loads_weights_only() -> None:
-    with torch.serialization.safe_globals([bnkit.StatSet]):
-        stats = torch.load(DATA / "bnkit01_statset.pt", weights_only=True)
+    stats = bnkit.StatSet.load(DATA / "bnkit01_statset.pt")
     assert isinstance(stats, bnkit.StatSet)
     assert sorted(stats.layers) == ["1", "2", "5", "6"]

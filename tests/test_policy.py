@@ -8,7 +8,8 @@ import pickle
 import pytest
 
 import bnkit
-from bnkit import Affine, Normalize, Phase, Policy, PolicyError, Update
+from bnkit import Policy, PolicyError
+from bnkit.policy import Affine, Normalize, Phase, Update
 
 
 def test_defaults_are_pytorch() -> None:
@@ -16,7 +17,7 @@ def test_defaults_are_pytorch() -> None:
     assert (p.normalize, p.update, p.momentum, p.update_in, p.affine) == (
         Normalize.PHASE,
         Update.EMA,
-        0.1,
+        None,  # the layer's own momentum
         Phase.TRAIN,
         Affine.TRAINABLE,
     )
@@ -69,8 +70,7 @@ def test_repr_names_the_preset_and_its_changes() -> None:
     assert repr(bnkit.preset("adapt", momentum=0.001)) == "bnkit.preset('adapt', momentum=0.001)"
     odd = Policy(normalize="batch", update="ema", update_in="always", affine="frozen")
     assert repr(odd) == (
-        "bnkit.Policy(normalize='batch', update='ema', momentum=0.1, update_in='always', "
-        "affine='frozen')"
+        "bnkit.Policy(normalize='batch', update='ema', update_in='always', affine='frozen')"
     )
     assert eval(repr(odd), {"bnkit": bnkit}) == odd
     assert eval(repr(bnkit.preset("adapt", momentum=0.2)), {"bnkit": bnkit}).momentum == 0.2
@@ -81,7 +81,7 @@ def test_str_says_what_happens_in_each_phase() -> None:
         "normalize with running stats, no update, gamma/beta frozen (train and eval)"
     )
     assert str(bnkit.preset("pytorch")).startswith(
-        "train: normalize with batch stats, EMA update (momentum 0.1)"
+        "train: normalize with batch stats, EMA update (the layer's momentum)"
     )
 
 
@@ -95,7 +95,7 @@ def test_presets_registry() -> None:
         "adapt",
     ]
     assert bnkit.preset("adapt").momentum == 0.01
-    assert bnkit.preset_info("frozen").same_as.startswith("torchvision/detectron2")
+    assert bnkit.policy.preset_info("frozen").same_as.startswith("torchvision/detectron2")
     with pytest.raises(PolicyError, match="unknown preset 'freeze'; known presets: 'pytorch'"):
         bnkit.preset("freeze")
     with pytest.raises(PolicyError, match="preset 'adapt': unknown policy setting 'momentun'"):

@@ -209,9 +209,9 @@ def test_default_selection_skips_layers_that_never_update() -> None:
 
 def test_frozen_exports_recalibrate_like_the_layers_they_came_from() -> None:
     exported = bnkit.to_frozen(small_cnn().eval())
-    with pytest.raises(bnkit.RecalibrationError, match="never updates"):
+    with pytest.raises(bnkit.errors.RecalibrationError, match="never updates"):
         bnkit.recalibrate(exported, DATA, progress=False)
-    bnkit.recalibrate(exported, DATA, where=bnkit.FrozenBatchNorm, progress=False)
+    bnkit.recalibrate(exported, DATA, where=bnkit.convert.FrozenBatchNorm, progress=False)
     plain = bnkit.recalibrate(small_cnn().eval(), DATA, progress=False)
     for name in bn_names(plain):
         for a, b in zip(stats_of(exported, name), stats_of(plain, name), strict=True):
@@ -281,14 +281,16 @@ def test_errors_name_the_problem(
 ) -> None:
     model = copy.deepcopy(model).eval()
     before = state(model)
-    with pytest.raises(bnkit.RecalibrationError, match=message):
+    with pytest.raises(bnkit.errors.RecalibrationError, match=message):
         bnkit.recalibrate(model, data, **{"progress": False, **kwargs})
     assert_same_state(before, state(model))
 
 
 def test_nothing_to_recalibrate_is_an_error() -> None:
     model = bnkit.freeze(small_cnn())
-    with pytest.raises(bnkit.RecalibrationError, match="select layers explicitly with where="):
+    with pytest.raises(
+        bnkit.errors.RecalibrationError, match="select layers explicitly with where="
+    ):
         bnkit.recalibrate(model, DATA, progress=False)
 
 
@@ -298,8 +300,8 @@ def test_non_finite_batches_are_an_error() -> None:
     model = small_cnn().eval()
     before = state(model)
     with (
-        pytest.warns(bnkit.NonFiniteBatchWarning),
-        pytest.raises(bnkit.RecalibrationError, match="NaN/Inf"),
+        pytest.warns(bnkit.errors.NonFiniteBatchWarning),
+        pytest.raises(bnkit.errors.RecalibrationError, match="NaN/Inf"),
     ):
         bnkit.recalibrate(model, data, progress=False)
     assert_same_state(before, state(model))
@@ -348,10 +350,10 @@ def test_channels_last_pass_gives_the_statistics_and_restores_the_parameters() -
         assert (p.data_ptr(), p.stride()) == (pointer, stride)
         assert torch.equal(p, values)
     # the default-layout pass (what `cumulative` and accelerators run) agrees to rounding
-    from bnkit import _layout
+    from bnkit.stats import layout as _layout
 
     with pytest.MonkeyPatch.context() as mp:
-        module = sys.modules["bnkit.recalibrate"]  # the name bnkit.recalibrate is the function
+        module = sys.modules["bnkit.stats.recalibrate"]
         mp.setattr(module, "wants_channels_last", lambda *a: False)
         bnkit.recalibrate(reference, data, progress=False)
     assert _layout.wants_channels_last(model, None)

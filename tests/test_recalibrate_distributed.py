@@ -36,7 +36,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         model = small_cnn().eval()
         try:
             bnkit.recalibrate(model, SHARDS[rank], num_batches=3, progress=False)
-        except bnkit.RecalibrationError as err:
+        except bnkit.errors.RecalibrationError as err:
             results["error"] = str(err)
         results["after_error"] = state(model)
         torch.save(results, Path(out) / f"rank{rank}.pt")

@@ -15,7 +15,7 @@ import bnkit
 def test_closed_form_batch_statistics_and_update() -> None:
     # channel 0 holds 1, 2, 3, 6: mean 3, biased var 3.5, unbiased var 14/3
     x = torch.tensor([[1.0], [2.0], [3.0], [6.0]])
-    step = bnkit.reference_forward(
+    step = bnkit.reference.reference_forward(
         bnkit.preset("pytorch"),
         x,
         training=True,
@@ -37,7 +37,7 @@ def test_closed_form_batch_statistics_and_update() -> None:
 
 def test_cumulative_factor_is_one_over_k() -> None:
     x = torch.tensor([[1.0], [3.0]])
-    step = bnkit.reference_forward(
+    step = bnkit.reference.reference_forward(
         bnkit.Policy(update="cumulative"),
         x,
         training=True,
@@ -54,7 +54,7 @@ def test_cumulative_factor_is_one_over_k() -> None:
 def test_reference_agrees_with_nn_batchnorm(training: bool, momentum: float | None) -> None:
     bn = randomize(nn.BatchNorm2d(3, momentum=momentum, dtype=torch.float64)).train(training)
     x = torch.randn(5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    step = bnkit.reference_step(bn, x)
+    step = bnkit.reference.reference_step(bn, x)
     native = copy.deepcopy(bn)
     y = native(x)
     torch.testing.assert_close(y, step.output, rtol=1e-12, atol=1e-12)
@@ -66,13 +66,13 @@ def test_reference_agrees_with_nn_batchnorm(training: bool, momentum: float | No
 def test_reference_does_not_touch_the_layer() -> None:
     bn = randomize(nn.BatchNorm1d(3))
     before = {k: v.clone() for k, v in bn.state_dict().items()}
-    bnkit.reference_step(bn, torch.randn(4, 3))
+    bnkit.reference.reference_step(bn, torch.randn(4, 3))
     assert all(torch.equal(before[k], v) for k, v in bn.state_dict().items())
 
 
 def test_reference_skips_a_nonfinite_update() -> None:
     x = torch.tensor([[1.0], [float("nan")]])
-    step = bnkit.reference_forward(
+    step = bnkit.reference.reference_forward(
         bnkit.preset("pytorch"),
         x,
         training=True,

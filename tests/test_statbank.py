@@ -43,7 +43,7 @@ def test_using_restores_on_exception_and_unknown_names() -> None:
         raise RuntimeError("boom")
     assert bnkit.capture_stats(model) == before
     with pytest.raises(
-        bnkit.StatsError, match="no statistic set named 'nope' on this model; sets: 'other'"
+        bnkit.errors.StatsError, match="no statistic set named 'nope' on this model; sets: 'other'"
     ):
         bank.use("nope")
     assert bank.get("nope") is None
@@ -55,9 +55,11 @@ def test_using_restores_on_exception_and_unknown_names() -> None:
 
 def test_sets_are_checked_when_stored() -> None:
     bank = bnkit.stat_bank(small_cnn())
-    with pytest.raises(bnkit.StatsError, match=r"'1': running_mean has shape \(6,\) in the model"):
+    with pytest.raises(
+        bnkit.errors.StatsError, match=r"'1': running_mean has shape \(6,\) in the model"
+    ):
         bank["x"] = bnkit.capture_stats(nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(3)))
-    with pytest.raises(bnkit.StatsError, match=r"holds bnkit\.StatSet values"):
+    with pytest.raises(bnkit.errors.StatsError, match=r"holds bnkit\.StatSet values"):
         bank["x"] = {}  # type: ignore[assignment]
 
 

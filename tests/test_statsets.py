@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import pytest
 import torch
@@ -42,7 +43,11 @@ def test_capture_and_load_round_trip_exactly() -> None:
 
 def test_saved_sets_load_with_weights_only() -> None:
     stats = bnkit.capture_stats(small_cnn())
-    assert torch.load(saved(stats), weights_only=True) == stats
+    assert bnkit.StatSet.load(saved(stats)) == stats
+    with pytest.raises(pickle.UnpicklingError, match="StatSet"):  # no process-wide allow-list
+        torch.load(saved(stats), weights_only=True)
+    with torch.serialization.safe_globals([bnkit.StatSet]):
+        assert torch.load(saved(stats), weights_only=True) == stats
     plain = torch.load(saved(stats.state_dict()), weights_only=True)
     assert type(plain) is dict
     assert bnkit.StatSet.from_state_dict(plain) == stats
@@ -51,9 +56,9 @@ def test_saved_sets_load_with_weights_only() -> None:
 def test_where_and_layers_without_statistics() -> None:
     model = nn.Sequential(nn.BatchNorm1d(2), nn.BatchNorm1d(2, track_running_stats=False))
     assert bnkit.capture_stats(model).layers == ["0"]
-    with pytest.raises(bnkit.StatsError, match="'1' has no running statistics"):
+    with pytest.raises(bnkit.errors.StatsError, match="'1' has no running statistics"):
         bnkit.capture_stats(model, where="1")
-    with pytest.raises(bnkit.SelectionError):
+    with pytest.raises(bnkit.errors.SelectionError):
         bnkit.capture_stats(model, where="nothing")
 
 
@@ -63,7 +68,7 @@ def test_layer_access_and_repr() -> None:
     assert entry.running_mean.shape == (5,)
     assert entry.num_batches_tracked is not None
     assert repr(stats) == "StatSet('1' (6 channels), '4' (5 channels), '9' (4 channels))"
-    with pytest.raises(bnkit.StatsError, match="no layer 'x'"):
+    with pytest.raises(bnkit.errors.StatsError, match="no layer 'x'"):
         stats.layer("x")
     with pytest.raises(KeyError):
         stats["x.running_mean"]
@@ -78,7 +83,7 @@ def test_layer_access_and_repr() -> None:
     ],
 )
 def test_invalid_sets(tensors: dict[str, object], message: str) -> None:
-    with pytest.raises(bnkit.StatsError, match=message):
+    with pytest.raises(bnkit.errors.StatsError, match=message):
         bnkit.StatSet(tensors)  # type: ignore[arg-type]
 
 
@@ -87,15 +92,19 @@ def test_load_checks_names_and_shapes_before_copying() -> None:
     before = state(model)
     stats = bnkit.capture_stats(small_cnn(seed=3))
     wrong_shape = bnkit.StatSet({**stats, "9.running_mean": torch.zeros(7)})
-    with pytest.raises(bnkit.StatsError, match=r"'9': running_mean has shape \(4,\) in the model"):
+    with pytest.raises(
+        bnkit.errors.StatsError, match=r"'9': running_mean has shape \(4,\) in the model"
+    ):
         bnkit.load_stats(model, wrong_shape)
     extra = bnkit.StatSet(
         {**stats, "x.running_mean": torch.zeros(1), "x.running_var": torch.ones(1)}
     )
-    with pytest.raises(bnkit.StatsError, match="layers the model lacks: 'x'"):
+    with pytest.raises(bnkit.errors.StatsError, match="layers the model lacks: 'x'"):
         bnkit.load_stats(model, extra)
     partial = bnkit.capture_stats(small_cnn(seed=3), where="4")
-    with pytest.raises(bnkit.StatsError, match="no statistics for '1', '9'; pass strict=False"):
+    with pytest.raises(
+        bnkit.errors.StatsError, match="no statistics for '1', '9'; pass strict=False"
+    ):
         bnkit.load_stats(model, partial)
     assert_same_state(before, state(model))
     bnkit.load_stats(model, partial, strict=False)

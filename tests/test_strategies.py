@@ -33,7 +33,7 @@ def test_renorm_corrects_toward_running_statistics() -> None:
     policy = bnkit.preset("renorm", r_max=1.5, d_max=0.5)
     ours = managed_copy(layer, policy).train()
     x = (_x((16, 3)) * 4 + 3).requires_grad_(True)  # far from the running statistics
-    ref = bnkit.reference_step(ours, x)
+    ref = bnkit.reference.reference_step(ours, x)
     r, d = ref.details["r"], ref.details["d"]
     assert (r == 1.5).all() and (d.abs() == 0.5).any()  # the clipping is active
     y = ours(x)
@@ -52,7 +52,7 @@ def test_renorm_limits_follow_the_schedule() -> None:
     layer.num_batches_tracked.zero_()  # type: ignore[union-attr]
     seen = []
     for _ in range(8):
-        step_ref = bnkit.reference_step(layer, _x((6, 2)) * 10)
+        step_ref = bnkit.reference.reference_step(layer, _x((6, 2)) * 10)
         seen.append((step_ref.details["r_limit"], step_ref.details["d_limit"]))
         out = layer(_x((6, 2)) * 10).double()
         torch.testing.assert_close(out, step_ref.output.detach(), rtol=1e-5, atol=1e-5)
@@ -113,7 +113,7 @@ def test_prior_mixing_weight_and_gradients_match_the_reference(strength: float) 
     ours = managed_copy(layer, bnkit.preset("prior", prior_strength=strength)).train()
     x = _x((6, 3, 4, 4)).requires_grad_(True)
     xr = x.detach().clone().requires_grad_(True)
-    ref = bnkit.reference_step(ours, xr)
+    ref = bnkit.reference.reference_step(ours, xr)
     assert ref.details["weight"] == pytest.approx(strength / (strength + 6))
     y = ours(x)
     torch.testing.assert_close(y.double(), ref.output.detach(), rtol=1e-5, atol=1e-5)

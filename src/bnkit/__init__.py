@@ -3,90 +3,35 @@
 Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset name,
 :func:`explain` to see every number a layer computes, :func:`report`, :func:`check` and
 :func:`watch` to see what the layers of a model really do, and :func:`recalibrate` when the
-running statistics no longer fit the data.
+running statistics no longer fit the data. Everything else lives in the submodules:
+:mod:`bnkit.policy`, :mod:`bnkit.functional`, :mod:`bnkit.layers`, :mod:`bnkit.stats`,
+:mod:`bnkit.convert`, :mod:`bnkit.diagnostics`, :mod:`bnkit.reference`, :mod:`bnkit.errors`.
 """
 
-from bnkit._surgery import Where
+from typing import Any as _Any
+
+from bnkit import presets as _presets_module  # noqa: F401  (before the function of that name)
+from bnkit._deprecated import moved as _moved
 from bnkit._version import __version__
 from bnkit.apply import apply, bn_layers, freeze, managed_layers, policy_of, unfreeze, using
-from bnkit.convert import (
-    FrozenBatchNorm,
-    FrozenBatchNorm1d,
-    FrozenBatchNorm2d,
-    FrozenBatchNorm3d,
-    FuseReport,
-    from_frozen,
-    from_sync,
-    fuse,
-    fuse_plan,
-    to_frozen,
-    to_sync,
-)
-from bnkit.diagnostics.check import check
-from bnkit.diagnostics.findings import Finding, Severity
-from bnkit.diagnostics.report import LayerRow, Report, report
-from bnkit.diagnostics.watch import LayerStep, Watch, watch
-from bnkit.distributed import desynchronize, is_synchronized, synchronize
-from bnkit.errors import (
-    BNKitError,
-    DiagnosticError,
-    FuseWarning,
-    InputError,
-    LayerError,
-    MissingDependencyError,
-    NonFiniteBatchWarning,
-    PolicyError,
-    RecalibrationError,
-    SelectionError,
-    StatsError,
-    StudyError,
-)
-from bnkit.explain import Explanation, explain
-from bnkit.policy import Affine, Normalize, Phase, Policy, Update
-from bnkit.presets import PresetInfo, preset, preset_info, presets, register_preset
-from bnkit.recalibrate import recalibrate
-from bnkit.reference import ReferenceStep, reference_forward, reference_step
-from bnkit.statbank import StatBank, stat_bank
-from bnkit.statsets import LayerStats, StatSet, capture_stats, load_stats
-from bnkit.tent import Tent, softmax_entropy, tent
+from bnkit.convert import from_frozen, from_sync, fuse, to_frozen, to_sync
+from bnkit.diagnostics import check, report, watch
+from bnkit.distributed import desynchronize, synchronize
+from bnkit.errors import BNKitError, InputError, LayerError, PolicyError
+from bnkit.explain import explain
+from bnkit.layers import register_layer
+from bnkit.policy import Policy, preset, presets, register_preset
+from bnkit.stats import StatSet, capture_stats, load_stats, recalibrate, stat_bank
+from bnkit.tent import Tent, tent
 
 __all__ = [
-    "Affine",
     "BNKitError",
-    "DiagnosticError",
-    "Explanation",
-    "Finding",
-    "FrozenBatchNorm",
-    "FrozenBatchNorm1d",
-    "FrozenBatchNorm2d",
-    "FrozenBatchNorm3d",
-    "FuseReport",
-    "FuseWarning",
     "InputError",
     "LayerError",
-    "LayerRow",
-    "LayerStats",
-    "LayerStep",
-    "MissingDependencyError",
-    "NonFiniteBatchWarning",
-    "Normalize",
-    "Phase",
     "Policy",
     "PolicyError",
-    "PresetInfo",
-    "RecalibrationError",
-    "ReferenceStep",
-    "Report",
-    "SelectionError",
-    "Severity",
-    "StatBank",
     "StatSet",
-    "StatsError",
-    "StudyError",
     "Tent",
-    "Update",
-    "Watch",
-    "Where",
     "__version__",
     "apply",
     "bn_layers",
@@ -98,20 +43,15 @@ __all__ = [
     "from_frozen",
     "from_sync",
     "fuse",
-    "fuse_plan",
-    "is_synchronized",
     "load_stats",
     "managed_layers",
     "policy_of",
     "preset",
-    "preset_info",
     "presets",
     "recalibrate",
-    "reference_forward",
-    "reference_step",
+    "register_layer",
     "register_preset",
     "report",
-    "softmax_entropy",
     "stat_bank",
     "synchronize",
     "tent",
@@ -121,3 +61,7 @@ __all__ = [
     "using",
     "watch",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    return _moved(name)

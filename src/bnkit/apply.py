@@ -4,6 +4,11 @@ A policy applied to a layer stays until bnkit changes it: ``model.train()`` and
 ``model.eval()`` only set the phase, and the policy maps the phase to a behaviour. Parameters
 and buffers keep their identity (an optimizer built before still trains the same tensors) and
 ``state_dict`` is unchanged (checkpoints load ``strict=True`` both ways).
+
+Threads: forwards of a managed model may run in several threads at once. Changing policies is
+not meant to race with them, and a layer inside a :func:`using` block of one thread cannot be
+given a policy by another thread (nor enter another thread's ``using``) until the block ends:
+that is refused with a :class:`~bnkit.LayerError`.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from typing import TypeVar
 
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit import _managed, _probe
-from bnkit._surgery import LayerState, Where, bn_layers, capture, restore, select
 from bnkit.errors import LayerError, PolicyError
-from bnkit.policy import DEFAULT_MOMENTUM, Affine, Normalize, Phase, Policy, Update
-from bnkit.presets import resolve
+from bnkit.layers.manage import hold, manage_all, release
+from bnkit.layers.select import Where, bn_layers, select, targets
+from bnkit.layers.state import state_of
+from bnkit.layers.surgery import capture, restore
+from bnkit.policy import Affine, Normalize, Phase, Policy, Update, resolve
 
 __all__ = ["apply", "bn_layers", "freeze", "managed_layers", "policy_of", "unfreeze", "using"]
 
@@ -29,6 +34,9 @@ M = TypeVar("M", bound=nn.Module)
 
 def apply(model: M, policy: Policy | str, where: Where = None) -> M:
     """Give the selected BatchNorm layers a policy; it holds through ``train()``/``eval()``.
+
+    A policy that names a ``momentum`` sets the layers' ``momentum`` while it holds; one that
+    does not keeps each layer's own (``pytorch``, ``frozen_affine``, ``ghost`` ...).
 
     Args:
         model: a model (or a single BatchNorm layer); DDP and compiled models are unwrapped.
@@ -51,11 +59,7 @@ def apply(model: M, policy: Policy | str, where: Where = None) -> M:
         bnkit.preset('frozen')
     """
     pol = resolve(policy)
-    layers = _targets(model, where)
-    for name, layer in layers:
-        _check_manageable(layer, pol, name)
-    for name, layer in layers:
-        _managed.manage(layer, pol, name)
+    manage_all([(name, layer, pol) for name, layer in targets(model, where)])
     return model
 
 
@@ -63,7 +67,8 @@ def freeze(model: M, stats: bool = True, affine: bool = True, where: Where = Non
     """Freeze the running statistics and/or gamma/beta of the selected layers.
 
     ``stats=True`` makes a layer normalize with its running statistics and never update them;
-    ``affine=True`` stops gradients to gamma/beta. The other axes of each layer's current
+    ``affine=True`` stops gradients to gamma/beta (both of them, also when only one was frozen
+    before; :func:`unfreeze` brings the mix back). The other axes of each layer's current
     policy are kept, so on plain layers ``freeze()`` gives ``frozen``,
     ``freeze(affine=False)`` gives ``frozen_stats`` and ``freeze(stats=False)`` gives
     ``frozen_affine``.
@@ -76,23 +81,20 @@ def freeze(model: M, stats: bool = True, affine: bool = True, where: Where = Non
             "freeze(stats=False, affine=False) freezes nothing; use bnkit.unfreeze(model) "
             "to restore the layers"
         )
-    layers = _targets(model, where)
-    targets = []
-    for name, layer in layers:
-        pol = policy_of(layer)
+    chosen = []
+    for name, layer in targets(model, where):
+        pol = _current_policy(layer, name, any_affine=affine)
         if stats:
             pol = pol.replace(
                 normalize=Normalize.RUNNING,
                 update=Update.NEVER,
-                momentum=DEFAULT_MOMENTUM,
+                momentum=None,
                 update_in=Phase.TRAIN,
             )
         if affine:
             pol = pol.replace(affine=Affine.FROZEN)
-        _check_manageable(layer, pol, name)
-        targets.append((name, layer, pol))
-    for name, layer, pol in targets:
-        _managed.manage(layer, pol, name)
+        chosen.append((name, layer, pol))
+    manage_all(chosen)
     return model
 
 
@@ -102,10 +104,7 @@ def unfreeze(model: M, where: Where = None) -> M:
     Class, ``momentum`` and ``requires_grad`` come back; running statistics keep their
     current values (they are data, not behaviour). Layers bnkit does not manage are left alone.
     """
-    for _, layer in select(model, where):
-        original = getattr(layer, "_bnkit_original", None)
-        if isinstance(original, LayerState):
-            restore(layer, original)
+    release([layer for _, layer in select(model, where)])
     return model
 
 
@@ -113,7 +112,8 @@ def unfreeze(model: M, where: Where = None) -> M:
 def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
     """Apply a policy inside a ``with`` block; restore each layer's previous policy on exit.
 
-    The previous state comes back also when the block raises.
+    The previous state comes back also when the block raises. Blocks nest within a thread;
+    another thread cannot touch the layers until the block ends (see the module notes).
 
     Examples:
         >>> import torch, torch.nn as nn, bnkit
@@ -124,18 +124,16 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
         bnkit.preset('pytorch')
     """
     pol = resolve(policy)
-    layers = _targets(model, where)
-    for name, layer in layers:
-        _check_manageable(layer, pol, name)
-    saved = [(layer, capture(layer)) for _, layer in layers]
-    try:
-        for name, layer in layers:
-            _managed.manage(layer, pol, name)
-        yield model
-    finally:
-        for layer, state in saved:
-            _probe.remove_probe(layer)
-            restore(layer, state)
+    chosen = [(name, layer, pol) for name, layer in targets(model, where)]
+    layers = [layer for _, layer, _ in chosen]
+    with hold(layers):
+        saved = [(layer, capture(layer)) for layer in layers]
+        try:
+            manage_all(chosen)
+            yield model
+        finally:
+            for layer, snap in saved:
+                restore(layer, snap)
 
 
 def policy_of(layer: nn.Module) -> Policy:
@@ -143,58 +141,55 @@ def policy_of(layer: nn.Module) -> Policy:
 
     For a layer bnkit does not manage, the flags map as ``nn.BatchNorm`` behaves: no buffers
     is ``batch_stats``; ``momentum=None`` is a cumulative update; ``track_running_stats=False``
-    (set after construction) or ``momentum=0`` is no update; ``requires_grad=False`` on
-    gamma and beta is a frozen affine.
+    (set after construction) or ``momentum=0`` is no update; any other momentum is an EMA with
+    the layer's own momentum; ``requires_grad=False`` on gamma and beta is a frozen affine.
 
     Raises:
         LayerError: not a BatchNorm layer, or flags no policy describes (``momentum`` outside
             [0, 1], or only one of gamma/beta frozen).
     """
-    policy = getattr(layer, "_bnkit_policy", None)
-    if isinstance(policy, Policy) and _managed.is_managed(layer):
-        return policy
+    state = state_of(layer)
+    if state is not None:
+        return state.policy
     frozen = getattr(layer, "_bnkit_frozen_policy", None)
     if isinstance(frozen, Policy):
         return frozen
     if not isinstance(layer, _BatchNorm):
         raise LayerError(f"expected a BatchNorm layer (got {type(layer).__name__})")
-    return _native_policy(layer)
+    return _native_policy(layer, type(layer).__name__)
 
 
 def managed_layers(model: nn.Module) -> list[tuple[str, Policy]]:
     """The layers bnkit manages in ``model``, with their policies."""
-    return [
-        (name, policy_of(layer)) for name, layer in bn_layers(model) if _managed.is_managed(layer)
-    ]
+    found = []
+    for name, layer in bn_layers(model):
+        state = state_of(layer)
+        if state is not None:
+            found.append((name, state.policy))
+    return found
 
 
 # --------------------------------------------------------------------------- internals
-def _targets(model: nn.Module, where: Where) -> list[tuple[str, nn.Module]]:
-    """The selected layers; without ``where``, frozen exports (fixed by nature) are skipped."""
-    layers = select(model, where)
-    if where is not None:
-        return layers
-    chosen: list[tuple[str, nn.Module]] = [
-        (name, layer) for name, layer in layers if isinstance(layer, _BatchNorm)
-    ]
-    if not chosen:
-        raise LayerError(
-            "every BatchNorm layer of the model is a frozen export, which takes no policy; "
-            "convert them back with bnkit.from_frozen(model) first"
-        )
-    return chosen
+def _current_policy(layer: nn.Module, name: str, *, any_affine: bool) -> Policy:
+    """``policy_of(layer)``; with ``any_affine`` a mix of frozen gamma/beta is no error."""
+    state = state_of(layer)
+    if state is not None:
+        return state.policy
+    if not isinstance(layer, _BatchNorm):
+        return policy_of(layer)  # raises the helpful error
+    return _native_policy(layer, name or type(layer).__name__, any_affine=any_affine)
 
 
-def _native_policy(layer: _BatchNorm) -> Policy:
+def _native_policy(layer: _BatchNorm, label: str, *, any_affine: bool = False) -> Policy:
     flags = (_grad_flag(layer, "weight"), _grad_flag(layer, "bias"))
     present = [f for f in flags if f is not None]
-    if present and len(set(present)) > 1:
+    if present and len(set(present)) > 1 and not any_affine:
         raise LayerError(
-            f"{type(layer).__name__} has weight.requires_grad={flags[0]} but "
+            f"layer {label!r} ({type(layer).__name__}) has weight.requires_grad={flags[0]} but "
             f"bias.requires_grad={flags[1]}; bnkit's affine axis freezes both or neither — "
-            "apply a policy to choose"
+            "apply a policy to choose (bnkit.freeze freezes both, and unfreeze restores the mix)"
         )
-    affine = Affine.FROZEN if present and not present[0] else Affine.TRAINABLE
+    affine = Affine.FROZEN if present and not all(present) else Affine.TRAINABLE
     if layer.running_mean is None or layer.running_var is None:
         return Policy(normalize=Normalize.BATCH, update=Update.NEVER, affine=affine)
     momentum = layer.momentum
@@ -204,36 +199,12 @@ def _native_policy(layer: _BatchNorm) -> Policy:
         return Policy(update=Update.CUMULATIVE, affine=affine)
     if not 0 < momentum <= 1:
         raise LayerError(
-            f"{type(layer).__name__} has momentum={momentum}, outside the [0, 1] that bnkit's "
-            "policies describe"
+            f"layer {label!r} ({type(layer).__name__}) has momentum={momentum}, outside the "
+            "[0, 1] that bnkit's policies describe"
         )
-    return Policy(momentum=momentum, affine=affine)
+    return Policy(affine=affine)
 
 
 def _grad_flag(layer: nn.Module, name: str) -> bool | None:
     param = getattr(layer, name, None)
     return None if param is None else bool(param.requires_grad)
-
-
-def _check_manageable(layer: nn.Module, policy: Policy, name: str) -> None:
-    label = name or type(layer).__name__
-    if not isinstance(layer, _BatchNorm):
-        raise LayerError(
-            f"layer {label!r} is a {type(layer).__name__}, which bnkit cannot give a policy; "
-            "convert it back first (bnkit.from_frozen)"
-        )
-    if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
-        raise LayerError(
-            f"layer {label!r} is an unmaterialized {type(layer).__name__}; run one forward "
-            "pass first so it knows num_features"
-        )
-    if policy.needs_running_stats and (layer.running_mean is None or layer.running_var is None):
-        raise LayerError(
-            f"layer {label!r} has no running statistics (built with track_running_stats=False), "
-            f"but policy {policy!r} needs them; use 'batch_stats', or rebuild the layer with "
-            "track_running_stats=True"
-        )
-    if policy.update is Update.CUMULATIVE and layer.num_batches_tracked is None:
-        raise LayerError(
-            f"layer {label!r} has no num_batches_tracked buffer, which update='cumulative' counts"
-        )

@@ -15,14 +15,16 @@ kernels instead.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 import torch.nn as nn
 
-from bnkit import _managed
-from bnkit._surgery import Where, select
-from bnkit._sync import WORLD, GroupRef
 from bnkit.apply import policy_of
+from bnkit.layers.manage import manage_all
+from bnkit.layers.select import Where, select, targets
+from bnkit.layers.state import ATTR, state_of
+from bnkit.layers.sync import WORLD, GroupRef
 
 __all__ = ["desynchronize", "is_synchronized", "synchronize"]
 
@@ -34,10 +36,12 @@ def synchronize(model: M, group: Any = None, where: Where = None) -> M:
 
     Every selected layer whose policy normalizes with batch statistics (plain batch statistics,
     batch renormalization, prior mixing) computes them over the union of all ranks' batches,
-    sample-count weighted, with gradients through the exchange. Ghost batches stay per rank.
-    Plain layers are first given the policy their flags amount to. Without an initialized
-    process group (or with one rank) layers behave as before. Every rank must run the same
-    forwards and backwards, as with DDP.
+    sample-count weighted, with gradients through the exchange; a policy that updates the
+    running statistics from the batch (``adapt``) updates them from all ranks' batches too.
+    Ghost batches stay per rank. Plain layers are first given the policy their flags amount
+    to. Without an initialized process group (or with one rank) layers behave as before. Every
+    rank must run the same forwards and backwards, as with DDP. Every layer is checked before
+    any changes.
 
     Args:
         model: the model (DDP and compiled wrappers are seen through).
@@ -47,23 +51,30 @@ def synchronize(model: M, group: Any = None, where: Where = None) -> M:
     Examples:
         >>> import torch.nn as nn, bnkit
         >>> model = bnkit.synchronize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
-        >>> bnkit.is_synchronized(model[1])
+        >>> bnkit.distributed.is_synchronized(model[1])
         True
     """
-    for name, layer in select(model, where):
-        if not _managed.is_managed(layer):
-            _managed.manage(layer, policy_of(layer), name)
-        vars(layer)["_bnkit_sync"] = WORLD if group is None else GroupRef(group)
+    layers = targets(model, where)
+    plain = [(name, layer, policy_of(layer)) for name, layer in layers if state_of(layer) is None]
+    manage_all(plain)
+    marker = WORLD if group is None else GroupRef(group)
+    for _, layer in layers:
+        state = state_of(layer)
+        assert state is not None
+        vars(layer)[ATTR] = dataclasses.replace(state, sync=marker)
     return model
 
 
 def desynchronize(model: M, where: Where = None) -> M:
     """Undo :func:`synchronize` on the selected layers (their policies stay)."""
     for _, layer in select(model, where):
-        vars(layer).pop("_bnkit_sync", None)
+        state = state_of(layer)
+        if state is not None and state.sync is not None:
+            vars(layer)[ATTR] = dataclasses.replace(state, sync=None)
     return model
 
 
 def is_synchronized(layer: nn.Module) -> bool:
     """Whether :func:`synchronize` was applied to this layer."""
-    return vars(layer).get("_bnkit_sync") is not None
+    state = state_of(layer)
+    return state is not None and state.sync is not None

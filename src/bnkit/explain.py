@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bnkit.layers.state import state_of
 from bnkit.reference import ReferenceStep, reference_step
 
 __all__ = ["Explanation", "explain"]
@@ -239,7 +240,9 @@ def explain(layer: nn.Module, x: Tensor, *, name: str | None = None) -> Explanat
     with torch.no_grad():
         real = twin(x)
     diff = float((real.double() - step.output.detach()).abs().max()) if real.numel() else 0.0
-    label = name or getattr(layer, "_bnkit_name", "") or type(layer).__name__
+    state = state_of(layer)
+    known = state.name if state is not None else vars(layer).get("_bnkit_name", "")
+    label = name or known or type(layer).__name__
     return Explanation(
         layer=f"{type(layer).__name__} {label!r}", step=step, output=real, max_abs_diff=diff
     )

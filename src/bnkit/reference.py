@@ -121,10 +121,13 @@ def reference_forward(
     running_var: Tensor | None = None,
     num_batches_tracked: int | None = None,
     eps: float = 1e-5,
+    momentum: float | None = 0.1,
 ) -> ReferenceStep:
     """One forward of a BatchNorm layer with ``policy``, computed step by step in float64.
 
-    Nothing passed in is modified; the new running statistics are returned.
+    ``momentum`` is the layer's own, used when the policy names none (None: a cumulative
+    average, as ``nn.BatchNorm``'s ``momentum=None``). Nothing passed in is modified; the new
+    running statistics are returned.
     """
     x64 = x.double()
     batch_mean, batch_var, n = _stats(x64)
@@ -155,7 +158,8 @@ def reference_forward(
         details.update(r=r, d=d, r_limit=r_limit, d_limit=d_limit)
     elif mode == "ghost":
         parts, g_means, g_vars, sizes = [], [], [], []
-        for group in torch.split(x64, policy.ghost_size, dim=0):
+        groups = math.ceil(x64.shape[0] / policy.ghost_size)
+        for group in torch.chunk(x64, groups, dim=0):
             g_mean, g_var, g_n = _stats(group)
             parts.append(
                 (group - _broadcast(g_mean, group)) / torch.sqrt(_broadcast(g_var, group) + eps)
@@ -203,10 +207,11 @@ def reference_forward(
         if rm is None or rv is None:
             raise ValueError("running statistics are needed to update them")
         k = (num_batches_tracked or 0) + 1
-        if policy.update is Update.CUMULATIVE:
+        m = policy.momentum if policy.momentum is not None else momentum
+        if policy.update is Update.CUMULATIVE or m is None:
             factor, rule = 1.0 / k, "cumulative"
         else:
-            factor, rule = policy.momentum, "ema"
+            factor, rule = m, "ema"
         cand_rm = (1 - factor) * rm + factor * upd_mean.detach()
         cand_rv = (1 - factor) * rv + factor * upd_var.detach()
         was_finite = bool(torch.isfinite(rm).all() and torch.isfinite(rv).all())
@@ -269,4 +274,5 @@ def reference_step(
         running_var=getattr(layer, "running_var", None),
         num_batches_tracked=None if nbt is None else int(nbt),
         eps=float(getattr(layer, "eps", 1e-5)),
+        momentum=getattr(layer, "momentum", 0.1),
     )

@@ -1,243 +1,26 @@
-"""Statistic sets: the running statistics of a model's BatchNorm layers as plain tensors.
-
-A :class:`StatSet` is a read-only mapping with the keys ``model.state_dict()`` uses for the
-same buffers (``"layer1.0.bn1.running_mean"``, ``"….running_var"``,
-``"….num_batches_tracked"``), so ``dict(statset)`` is a plain ``dict[str, Tensor]``. Save
-either form with ``torch.save``; both load with ``torch.load(path, weights_only=True)`` (a
-:class:`StatSet` needs ``import bnkit`` first, which registers it as a safe class).
-"""
+"""Deprecated module path: use :mod:`bnkit.stats` (or the names on ``bnkit`` itself)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple, TypeVar
+import warnings
+from typing import Any
 
-import torch
-import torch.nn as nn
-from torch import Tensor
+from bnkit.stats import sets as _moved
 
-from bnkit._surgery import Where, bn_layers, select
-from bnkit.errors import StatsError
-
-__all__ = ["LayerStats", "StatSet", "capture_stats", "load_stats"]
-
-M = TypeVar("M", bound=nn.Module)
-
-_FIELDS = ("running_mean", "running_var", "num_batches_tracked")
+__all__ = [  # noqa: F822 (served by __getattr__, with a warning)
+    "LayerStats",
+    "StatSet",
+    "capture_stats",
+    "load_stats",
+]
 
 
-class LayerStats(NamedTuple):
-    """The statistics of one layer."""
-
-    running_mean: Tensor
-    running_var: Tensor
-    num_batches_tracked: Tensor | None
-
-
-def _key(layer: str, field: str) -> str:
-    return f"{layer}.{field}" if layer else field
-
-
-def _split(key: str) -> tuple[str, str]:
-    layer, _, field = key.rpartition(".")
-    if field not in _FIELDS:
-        raise StatsError(
-            f"statistic key {key!r} does not end in one of {', '.join(_FIELDS)} (the keys are "
-            "those of model.state_dict(), e.g. 'bn1.running_mean')"
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        warnings.warn(
+            f"bnkit.statsets.{name} moved: use bnkit.{name} (bnkit.statsets goes away in 0.3)",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    return layer, field
-
-
-class StatSet(Mapping[str, Tensor]):
-    """Running statistics of BatchNorm layers, keyed as in ``model.state_dict()``.
-
-    Args:
-        tensors: ``{"<layer>.running_mean": …, "<layer>.running_var": …}`` and optionally
-            ``"<layer>.num_batches_tracked"`` per layer (a state-dict subset). The tensors are
-            kept as given (detached); :func:`capture_stats` stores copies.
-
-    Raises:
-        StatsError: a key is not one of these, or a layer lacks its mean or variance.
-
-    Examples:
-        >>> import torch, torch.nn as nn, bnkit
-        >>> stats = bnkit.capture_stats(nn.Sequential(nn.BatchNorm1d(3)))
-        >>> stats.layers
-        ['0']
-        >>> sorted(stats)
-        ['0.num_batches_tracked', '0.running_mean', '0.running_var']
-    """
-
-    __slots__ = ("_layers", "_tensors")
-
-    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
-        self._tensors: dict[str, Tensor] = {}
-        layers: dict[str, set[str]] = {}
-        for key, value in tensors.items():
-            if not isinstance(value, Tensor):
-                raise StatsError(f"statistic {key!r} must be a tensor (got {type(value).__name__})")
-            layer, field = _split(key)
-            layers.setdefault(layer, set()).add(field)
-            self._tensors[key] = value.detach()
-        for layer, fields in layers.items():
-            for field in ("running_mean", "running_var"):
-                if field not in fields:
-                    raise StatsError(f"layer {layer!r} has no {_key(layer, field)!r} in the set")
-        self._layers = list(layers)
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Tensor]) -> StatSet:
-        """The set from :meth:`state_dict` (or any state-dict subset of BatchNorm buffers)."""
-        return cls(state)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """A plain ``dict[str, Tensor]`` (same tensors), loadable with ``weights_only=True``."""
-        return dict(self._tensors)
-
-    @property
-    def layers(self) -> list[str]:
-        """The layer names, in order."""
-        return list(self._layers)
-
-    def layer(self, name: str) -> LayerStats:
-        """The statistics of one layer."""
-        if name not in self._layers:
-            raise StatsError(f"no layer {name!r} in the set; its layers: {self._layers}")
-        get = self._tensors.get
-        mean, var = (
-            self._tensors[_key(name, "running_mean")],
-            self._tensors[_key(name, "running_var")],
-        )
-        return LayerStats(mean, var, get(_key(name, "num_batches_tracked")))
-
-    def __getitem__(self, key: str) -> Tensor:
-        return self._tensors[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StatSet):
-            return NotImplemented
-        return self._tensors.keys() == other._tensors.keys() and all(
-            torch.equal(v, other._tensors[k]) for k, v in self._tensors.items()
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (StatSet, (dict(self._tensors),))
-
-    def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{n!r} ({self._tensors[_key(n, 'running_mean')].numel()} channels)"
-            for n in self._layers[:4]
-        )
-        more = f", … ({len(self._layers)} layers)" if len(self._layers) > 4 else ""
-        return f"StatSet({shown}{more})"
-
-
-torch.serialization.add_safe_globals([StatSet])
-
-
-def _has_stats(layer: nn.Module) -> bool:
-    return all(isinstance(getattr(layer, k, None), Tensor) for k in _FIELDS[:2])
-
-
-def capture_stats(model: nn.Module, where: Where = None) -> StatSet:
-    """A copy of the running statistics of the selected BatchNorm layers.
-
-    With ``where=None``, every layer that has running statistics (layers built with
-    ``track_running_stats=False`` have none and are skipped).
-
-    Raises:
-        SelectionError: the model has no BatchNorm layer, or ``where`` matches none.
-        StatsError: an explicitly selected layer has no running statistics.
-    """
-    tensors: dict[str, Tensor] = {}
-    for name, layer in select(model, where):
-        if not _has_stats(layer):
-            if where is None:
-                continue
-            raise StatsError(
-                f"layer {name!r} has no running statistics (built with "
-                "track_running_stats=False); leave it out of where="
-            )
-        for field in _FIELDS:
-            value = getattr(layer, field, None)
-            if isinstance(value, Tensor):
-                tensors[_key(name, field)] = value.detach().clone()
-    if not tensors:
-        raise StatsError("no BatchNorm layer of the model has running statistics to capture")
-    return StatSet(tensors)
-
-
-def check_fits(model: nn.Module, stats: StatSet, strict: bool = True) -> list[nn.Module]:
-    """The model's layer for each layer of ``stats``, after checking names and shapes."""
-    layers = {name: layer for name, layer in bn_layers(model) if _has_stats(layer)}
-    unknown = [name for name in stats.layers if name not in layers]
-    if unknown:
-        raise StatsError(
-            f"the statistic set has layers the model lacks: {_names(unknown)}; the model's "
-            f"BatchNorm layers with running statistics are {_names(list(layers))}"
-        )
-    if strict:
-        missing = [name for name in layers if name not in stats.layers]
-        if missing:
-            raise StatsError(
-                f"the statistic set has no statistics for {_names(missing)}; pass strict=False "
-                "to load a set that covers only some layers"
-            )
-    found = []
-    for name in stats.layers:
-        layer, entry = layers[name], stats.layer(name)
-        for field in _FIELDS[:2]:
-            have = getattr(layer, field).shape
-            got = getattr(entry, field).shape
-            if have != got:
-                raise StatsError(
-                    f"layer {name!r}: {field} has shape {tuple(have)} in the model but "
-                    f"{tuple(got)} in the statistic set; the set comes from another model"
-                )
-        found.append(layer)
-    return found
-
-
-def load_stats(model: M, stats: StatSet, *, strict: bool = True) -> M:
-    """Copy a statistic set into the model's layers (in place; buffers keep their identity).
-
-    Everything is checked before anything is copied.
-
-    Args:
-        model: the model.
-        stats: the set, e.g. from :func:`capture_stats`.
-        strict: require a statistic for every layer of the model that has running statistics.
-
-    Raises:
-        StatsError: a layer of the set is not in the model, a shape differs, or (with
-            ``strict``) a layer of the model is not in the set.
-    """
-    layers = check_fits(model, stats, strict)
-    with torch.no_grad():
-        for name, layer in zip(stats.layers, layers, strict=True):
-            entry = stats.layer(name)
-            _tensor(layer, "running_mean").copy_(entry.running_mean)
-            _tensor(layer, "running_var").copy_(entry.running_var)
-            counter = getattr(layer, "num_batches_tracked", None)
-            if isinstance(counter, Tensor) and entry.num_batches_tracked is not None:
-                counter.copy_(entry.num_batches_tracked)
-    return model
-
-
-def _tensor(layer: nn.Module, name: str) -> Tensor:
-    value = getattr(layer, name)
-    assert isinstance(value, Tensor)
-    return value
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:8])
-    return shown + (f", … ({len(names)} in all)" if len(names) > 8 else "")
+        return getattr(_moved, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

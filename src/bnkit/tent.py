@@ -19,6 +19,7 @@ previous ``requires_grad``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from bnkit import _managed, _probe
-from bnkit._surgery import LayerState, Where, capture, restore, select
 from bnkit.errors import LayerError, PolicyError
-from bnkit.presets import preset
+from bnkit.layers.manage import check_manageable, manage
+from bnkit.layers.select import Where, targets
+from bnkit.layers.surgery import Snapshot, capture, restore
+from bnkit.policy import preset
 
 __all__ = ["Tent", "softmax_entropy", "tent"]
 
@@ -78,36 +80,45 @@ class Tent:
         where: Where = None,
         loss: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        if steps < 1:
-            raise PolicyError(f"steps must be at least 1 (got {steps})")
-        self.model = model
-        self.steps = steps
-        self.episodic = episodic
-        self.loss = loss or (lambda logits: softmax_entropy(logits).mean())
-        layers = select(model, where)
-        self._layer_states: list[tuple[nn.Module, LayerState]] = [
-            (layer, capture(layer)) for _, layer in layers
-        ]
-        self._grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-        self._params: list[nn.Parameter] = [
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise PolicyError(f"steps must be at least 1, an int (got {steps!r})")
+        layers = targets(model, where)
+        params: list[nn.Parameter] = [
             p
             for _, layer in layers
             for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
             if isinstance(p, nn.Parameter)
         ]
-        if not self._params:
+        if not params:
             raise LayerError(
                 "TENT adapts gamma/beta, but the selected BatchNorm layers have none "
                 "(built with affine=False); select layers with affine parameters"
             )
-        for p in model.parameters():
-            p.requires_grad_(False)
+        optimizer = _optimizer(optimizer, params, lr)
         batch_stats = preset("batch_stats")
         for name, layer in layers:
-            _managed.manage(layer, batch_stats, name)
-        self.optimizer = optimizer or torch.optim.Adam(self._params, lr=lr)
-        self._model_state = copy.deepcopy(model.state_dict())
-        self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+            check_manageable(layer, batch_stats, name)
+        # Every check has passed: from here on, the model changes (and is put back on failure).
+        self.model = model
+        self.steps = steps
+        self.episodic = episodic
+        self.loss = loss or (lambda logits: softmax_entropy(logits).mean())
+        self.optimizer = optimizer
+        self._params = params
+        self._layer_states: list[tuple[nn.Module, Snapshot]] = [
+            (layer, capture(layer)) for _, layer in layers
+        ]
+        self._grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for name, layer in layers:
+                manage(layer, batch_stats, name)
+            self._model_state = copy.deepcopy(model.state_dict())
+            self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        except BaseException:
+            self.release()
+            raise
 
     def parameters(self) -> list[nn.Parameter]:
         """The adapted parameters (gamma and beta of the selected layers)."""
@@ -139,9 +150,8 @@ class Tent:
 
         Adapted gamma/beta values stay; call :meth:`reset` first to undo them too.
         """
-        for layer, state in self._layer_states:
-            _probe.remove_probe(layer)
-            restore(layer, state)
+        for layer, snap in self._layer_states:
+            restore(layer, snap)
         for p, flag in self._grad_flags:
             p.requires_grad_(flag)
 
@@ -150,6 +160,29 @@ class Tent:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _optimizer(
+    optimizer: torch.optim.Optimizer | None, params: list[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
+    """The user's optimizer, checked to hold adapted parameters, or Adam over them."""
+    if optimizer is None:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise PolicyError(f"lr must be a positive finite number (got {lr!r})")
+        return torch.optim.Adam(params, lr=lr)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise PolicyError(
+            f"optimizer must be a torch.optim.Optimizer (got {type(optimizer).__name__}); "
+            "build it over the adapted gamma/beta, or leave it out and give lr"
+        )
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not held & {id(p) for p in params}:
+        raise PolicyError(
+            "the optimizer holds none of the adapted parameters (the gamma/beta of the "
+            "selected BatchNorm layers); build it over those, e.g. "
+            "torch.optim.SGD([p for n, p in model.named_parameters() if ...], lr=...)"
+        )
+    return optimizer
 
 
 def tent(model: nn.Module, **kwargs: Any) -> Tent:

@@ -17,10 +17,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import bnkit
 
 FROZEN_FOR_DIM = {
-    2: bnkit.FrozenBatchNorm1d,
-    3: bnkit.FrozenBatchNorm1d,
-    4: bnkit.FrozenBatchNorm2d,
-    5: bnkit.FrozenBatchNorm3d,
+    2: bnkit.convert.FrozenBatchNorm1d,
+    3: bnkit.convert.FrozenBatchNorm1d,
+    4: bnkit.convert.FrozenBatchNorm2d,
+    5: bnkit.convert.FrozenBatchNorm3d,
 }
 
 
@@ -49,7 +49,7 @@ def test_frozen_output_is_eval_batchnorm_bit_for_bit(
 
 
 def test_state_dict_has_torchvision_keys_and_loads_batchnorm_checkpoints() -> None:
-    frozen = bnkit.FrozenBatchNorm2d(4)
+    frozen = bnkit.convert.FrozenBatchNorm2d(4)
     assert list(frozen.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
     source = randomize(nn.BatchNorm2d(4))
     frozen.load_state_dict(source.state_dict(), strict=True)  # num_batches_tracked ignored
@@ -68,8 +68,9 @@ def test_round_trip_gives_back_the_very_layers() -> None:
     params = {n: (m.weight, m.bias) for n, m in layers.items()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     bnkit.to_frozen(model)
+    convert = bnkit.convert
     assert [type(model[i]) for i in (1, 4, 9)] == [
-        bnkit.FrozenBatchNorm2d, bnkit.FrozenBatchNorm2d, bnkit.FrozenBatchNorm1d
+        convert.FrozenBatchNorm2d, convert.FrozenBatchNorm2d, convert.FrozenBatchNorm1d
     ]  # fmt: skip
     assert model[1].training is False and model[4].training is True
     bnkit.from_frozen(model)
@@ -110,7 +111,7 @@ def test_pickled_frozen_models_still_revert() -> None:
 
 
 def test_layers_built_as_frozen_revert_to_plain_batchnorm() -> None:
-    model = nn.Sequential(bnkit.FrozenBatchNorm3d(2, eps=1e-3))
+    model = nn.Sequential(bnkit.convert.FrozenBatchNorm3d(2, eps=1e-3))
     model[0].running_var.fill_(4.0)
     bnkit.from_frozen(model)
     layer = model[0]
@@ -118,7 +119,7 @@ def test_layers_built_as_frozen_revert_to_plain_batchnorm() -> None:
     assert torch.equal(layer.running_var, torch.full((2,), 4.0))
     assert int(layer.num_batches_tracked) == 0
     with pytest.raises(bnkit.LayerError, match="1d/2d/3d"):
-        bnkit.from_frozen(nn.Sequential(bnkit.FrozenBatchNorm(2)))
+        bnkit.from_frozen(nn.Sequential(bnkit.convert.FrozenBatchNorm(2)))
 
 
 def test_what_cannot_be_frozen_or_unfrozen() -> None:
@@ -150,11 +151,11 @@ def test_frozen_layers_refuse_policies_and_sync() -> None:
     with pytest.raises(bnkit.LayerError, match="from_frozen"):
         bnkit.to_sync(model, where="1")
     bnkit.to_sync(model)  # skipped with where=None
-    assert type(model[1]) is bnkit.FrozenBatchNorm2d
+    assert type(model[1]) is bnkit.convert.FrozenBatchNorm2d
 
 
 @pytest.mark.parametrize("dim", [2, 4, 5])
 def test_a_lone_layer_is_replaced_and_returned(dim: int) -> None:
     layer = BN_FOR_DIM[dim](3)
     frozen = bnkit.to_frozen(layer)
-    assert isinstance(frozen, bnkit.FrozenBatchNorm) and bnkit.from_frozen(frozen) is layer
+    assert isinstance(frozen, bnkit.convert.FrozenBatchNorm) and bnkit.from_frozen(frozen) is layer

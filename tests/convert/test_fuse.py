@@ -51,7 +51,7 @@ def test_folded_layers_match_the_unfused_model_and_torch(
 
 def test_linear_and_a_resnet_with_shortcuts() -> None:
     model = tiny_resnet().eval()
-    report = bnkit.fuse_plan(model)
+    report = bnkit.convert.fuse_plan(model)
     assert ("3.conv1", "3.bn1") in report.fused and ("4.short.0", "4.short.1") in report.fused
     assert len(report.fused) == 6 and not report.left and not report.untraced
     fused = bnkit.fuse(model)
@@ -87,7 +87,7 @@ def test_what_is_left_alone_and_why() -> None:
 
     model = Shared().eval()
     model.training_bn.train()
-    report = bnkit.fuse_plan(model)
+    report = bnkit.convert.fuse_plan(model)
     left = dict(report.left)
     assert left["bn"] == "the output of 'conv' is also used elsewhere"
     assert left["after_relu"].startswith("no Conv/ConvTranspose/Linear right before it (its input")
@@ -105,7 +105,7 @@ def test_fixed_policies_and_frozen_exports_fold_in_train_mode() -> None:
     bnkit.freeze(model, where="3")  # frozen: fixed in train() too
     bnkit.to_frozen(model, where="4")
     bnkit.apply(model, "adapt", where="1")  # updates in train(): left
-    report = bnkit.fuse_plan(model)
+    report = bnkit.convert.fuse_plan(model)
     left = dict(report.left)
     assert left["1"].startswith("updates its running statistics in train()")
     assert {bn for _, bn in report.fused} == {"3.bn1", "3.bn2", "4.bn1", "4.bn2", "4.short.1"}
@@ -124,7 +124,9 @@ def test_subclasses_with_their_own_forward_are_left() -> None:
             return torch.relu(super().forward(x))
 
     model = nn.Sequential(nn.Linear(2, 3), WithActivation(3)).eval()
-    assert dict(bnkit.fuse_plan(model).left)["1"].startswith("its class WithActivation defines")
+    assert dict(bnkit.convert.fuse_plan(model).left)["1"].startswith(
+        "its class WithActivation defines"
+    )
 
 
 class Gate(nn.Module):
@@ -147,13 +149,13 @@ class Untraceable(nn.Module):
 
 def test_untraceable_models_fall_back_with_a_warning() -> None:
     model = Untraceable().eval()
-    report = bnkit.fuse_plan(model)
+    report = bnkit.convert.fuse_plan(model)
     assert [name for name, _ in report.untraced] == ["Untraceable", "stem", "stem.2"]
     assert "control flow" in report.untraced[0][1]
     assert ("stem.0", "stem.1") in report.fused  # neighbours in an nn.Sequential
     assert ("branch.3.conv1", "branch.3.bn1") in report.fused  # a traceable submodule
     assert len(report.fused) == 6 and not report.left
-    with pytest.warns(bnkit.FuseWarning, match="torch.fx could not trace 'Untraceable'"):
+    with pytest.warns(bnkit.errors.FuseWarning, match="torch.fx could not trace 'Untraceable'"):
         fused = bnkit.fuse(model)
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():

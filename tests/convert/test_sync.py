@@ -98,7 +98,10 @@ def test_foreign_sync_layers_need_a_default() -> None:
 def test_sync_layers_freeze_to_their_original_rank() -> None:
     net = bnkit.to_sync(small_cnn())
     bnkit.to_frozen(net)
-    assert type(net[9]) is bnkit.FrozenBatchNorm1d and type(net[1]) is bnkit.FrozenBatchNorm2d
+    assert (
+        type(net[9]) is bnkit.convert.FrozenBatchNorm1d
+        and type(net[1]) is bnkit.convert.FrozenBatchNorm2d
+    )
     bnkit.from_frozen(net)
     assert type(net[9]) is nn.SyncBatchNorm
     bnkit.from_sync(net)

@@ -13,8 +13,7 @@ import torch.nn as nn
 from tests.diagnostics.models import batch, calibrated, clean, cnn, no_decay_optimizer
 
 import bnkit
-from bnkit import Severity
-from bnkit.diagnostics import kinds
+from bnkit.diagnostics import Severity, kinds
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -288,13 +287,13 @@ def test_findings_are_sorted_errors_first() -> None:
 def test_ignore_and_bad_settings() -> None:
     model = cnn().eval()
     assert bnkit.check(model, ignore=["stale_running_stats"]) == []
-    with pytest.raises(bnkit.DiagnosticError, match="unknown finding kind 'stale'"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="unknown finding kind 'stale'"):
         bnkit.check(model, ignore=["stale"])
-    with pytest.raises(bnkit.DiagnosticError, match="domain_threshold"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="domain_threshold"):
         bnkit.check(model, domain_threshold=0)
-    with pytest.raises(bnkit.DiagnosticError, match="min_values_per_channel"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="min_values_per_channel"):
         bnkit.check(model, min_values_per_channel=1)
-    with pytest.raises(bnkit.DiagnosticError, match="param_groups"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="param_groups"):
         bnkit.check(model, optimizer=object())
 
 

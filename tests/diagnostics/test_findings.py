@@ -17,9 +17,9 @@ def test_rule_table() -> None:
     assert [r.kind for r in table] == findings.kinds()
     assert {r.needs for r in table} == {"model", "input", "optimizer"}
     assert all(r.summary for r in table)
-    with pytest.raises(bnkit.DiagnosticError, match="already registered"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="already registered"):
         findings.rule("tiny_batch", "input", "again")(lambda ctx: [])
-    with pytest.raises(bnkit.DiagnosticError, match="needs must be"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="needs must be"):
         findings.rule("new_kind", "weather", "no")
 
 
@@ -27,11 +27,15 @@ def test_a_new_rule_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(findings, "_RULES", dict(findings._RULES))
 
     @findings.rule("odd_width", "model", "BatchNorm with an odd number of channels")
-    def odd(ctx: findings.Context) -> list[bnkit.Finding]:
+    def odd(ctx: findings.Context) -> list[bnkit.diagnostics.Finding]:
         names = tuple(f.name for f in ctx.layers if getattr(f.layer, "num_features", 0) % 2)
         if not names:
             return []
-        return [bnkit.Finding("odd_width", bnkit.Severity.INFO, names, "odd", "why", "fix")]
+        return [
+            bnkit.diagnostics.Finding(
+                "odd_width", bnkit.diagnostics.Severity.INFO, names, "odd", "why", "fix"
+            )
+        ]
 
     model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(4))
     assert [(f.kind, f.layers) for f in bnkit.check(model)] == [("odd_width", ("0",))]
@@ -39,14 +43,16 @@ def test_a_new_rule_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_finding_text_and_dict() -> None:
-    f = bnkit.Finding("stale_running_stats", bnkit.Severity.ERROR, tuple("abcdefgh"), "w", "y", "z")
+    f = bnkit.diagnostics.Finding(
+        "stale_running_stats", bnkit.diagnostics.Severity.ERROR, tuple("abcdefgh"), "w", "y", "z"
+    )
     text = str(f)
     assert text.splitlines()[0] == (
         "error [stale_running_stats] 'a', 'b', 'c', 'd', 'e', 'f', … (8 layers)"
     )
     assert "  what: w" in text and "  fix:  z" in text
     assert json.loads(json.dumps(f.to_dict()))["layers"] == list("abcdefgh")
-    assert repr(bnkit.Severity.INFO) == "Severity.INFO"
+    assert repr(bnkit.diagnostics.Severity.INFO) == "Severity.INFO"
 
 
 def test_text_helpers() -> None:

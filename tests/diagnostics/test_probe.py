@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.diagnostics.models import assert_same, batch, clean, cnn, fingerprint
 
 import bnkit
-from bnkit.diagnostics._probe import run_probe
+from bnkit.diagnostics._example import run_probe
 
 
 def _with_grads(model: nn.Module) -> nn.Module:
@@ -60,7 +60,9 @@ def test_raising_forward_restores_everything() -> None:
 
     model = Breaks().train()
     before = fingerprint(model)
-    with pytest.raises(bnkit.DiagnosticError, match="example forward raised RuntimeError") as info:
+    with pytest.raises(
+        bnkit.errors.DiagnosticError, match="example forward raised RuntimeError"
+    ) as info:
         bnkit.check(model, batch(16))
     assert isinstance(info.value.__cause__, RuntimeError)
     assert_same(before, fingerprint(model))
@@ -109,7 +111,9 @@ def test_managed_probe_survives_check() -> None:
 
 def test_lazy_layers_are_refused() -> None:
     model = nn.Sequential(nn.LazyLinear(4), nn.BatchNorm1d(4))
-    with pytest.raises(bnkit.DiagnosticError, match="layer '0' is an unmaterialized lazy layer"):
+    with pytest.raises(
+        bnkit.errors.DiagnosticError, match="layer '0' is an unmaterialized lazy layer"
+    ):
         bnkit.check(model, torch.randn(8, 3))
     # without an input nothing needs a forward
     assert [f.kind for f in bnkit.check(model)] == ["conv_bias_before_bn"]

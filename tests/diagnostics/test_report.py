@@ -16,7 +16,7 @@ from tests.helpers import randomize
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import bnkit
-from bnkit import _surgery
+from bnkit.layers import select as _surgery
 
 
 def observed(layer: _BatchNorm, x: torch.Tensor) -> tuple[str, bool]:
@@ -153,6 +153,6 @@ def test_rendering_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["layers"][1]["stats_updated"] is False
     rep.print()
     assert "layer" in capsys.readouterr().out
-    with pytest.raises(bnkit.SelectionError, match="no BatchNorm layer named 'x'"):
+    with pytest.raises(bnkit.errors.SelectionError, match="no BatchNorm layer named 'x'"):
         rep["x"]
     assert str(bnkit.report(nn.Linear(2, 2))).endswith("0 layers): (none)")

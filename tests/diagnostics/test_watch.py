@@ -97,7 +97,7 @@ def test_every_aggregates_steps() -> None:
     assert [r.step for r in w.records] == [2, 5, 6]
     assert [r.batches for r in w.records] == [3, 3, 1]
     assert [r.calls for r in w.records] == [3, 3, 1]
-    with pytest.raises(bnkit.DiagnosticError, match="every must be a positive integer"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="every must be a positive integer"):
         bnkit.watch(model, every=0)
 
 
@@ -151,7 +151,7 @@ def test_tensorboard_scalars(tmp_path: Path) -> None:
     with bnkit.watch(model, writer=tmp_path / "runs"):
         train(model, 1, opt)
     assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
-    with pytest.raises(bnkit.DiagnosticError, match="writer must be"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="writer must be"):
         bnkit.watch(model, writer=3).__enter__()
 
 
@@ -164,7 +164,7 @@ def test_plot_writes_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     w.plot(tmp_path / "drift.png")
     assert (tmp_path / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = bnkit.watch(model)
-    with pytest.raises(bnkit.DiagnosticError, match="nothing to plot"):
+    with pytest.raises(bnkit.errors.DiagnosticError, match="nothing to plot"):
         empty.plot(tmp_path / "none.png")
 
 
@@ -182,7 +182,7 @@ def test_missing_optional_dependency(
     with bnkit.watch(model) as w:
         model(batch(16))
     monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(bnkit.MissingDependencyError, match=r"pip install 'bnkit\[watch\]'"):
+    with pytest.raises(bnkit.errors.MissingDependencyError, match=r"pip install 'bnkit\[watch\]'"):
         call(w, tmp_path)
 
 
@@ -216,5 +216,5 @@ def test_layers_without_statistics_or_affine_and_reentry() -> None:
     assert untracked.mean_change is None and untracked.drift is None and untracked.batches == 0
     assert (untracked.used, untracked.calls) == ("batch", 1)
     assert w.changed() == ["1"]
-    with pytest.raises(bnkit.DiagnosticError, match=r"start a new bnkit\.watch"), w:
+    with pytest.raises(bnkit.errors.DiagnosticError, match=r"start a new bnkit\.watch"), w:
         pass

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import bn_layers
+from bnkit.layers.select import bn_layers
 from bnkit.study.models import build_model, norm_layer
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnkit._surgery import bn_layers
+from bnkit.layers.select import bn_layers
 from bnkit.study.config import PretrainConfig
 from bnkit.study.data import digits, split
 from bnkit.study.models import build_model

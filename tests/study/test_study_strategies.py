@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import bnkit
-from bnkit._surgery import bn_layers
+from bnkit.layers.select import bn_layers
 from bnkit.study.models import build_model
 from bnkit.study.strategies import FINETUNE, TEST_TIME, FineTuneContext, StreamContext
 

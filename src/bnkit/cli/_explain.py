@@ -14,6 +14,8 @@ from bnkit.apply import apply
 from bnkit.errors import InputError
 from bnkit.explain import explain
 
+__all__ = ["register", "run"]
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -36,7 +38,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.demo:
-        from bnkit._demo import demo_text
+        from bnkit.cli._demo import demo_text
 
         print(demo_text())
         return 0

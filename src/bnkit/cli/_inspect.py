@@ -25,6 +25,9 @@ from bnkit.errors import DiagnosticError
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 
 
+__all__ = ["register", "run"]
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "inspect",

@@ -6,8 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from bnkit.policy import Normalize, Policy, Update
-from bnkit.presets import preset_info, presets
+from bnkit.policy import Normalize, Policy, Update, preset_info, presets
+
+__all__ = ["register", "run"]
 
 
 def register(sub: Any) -> None:
@@ -53,7 +54,10 @@ def _normalize(pol: Policy) -> str:
 def _update(pol: Policy) -> str:
     if pol.update is Update.NEVER:
         return "never"
-    rule = f"EMA {pol.momentum:g}" if pol.update is Update.EMA else "cumulative"
+    if pol.update is Update.CUMULATIVE:
+        rule = "cumulative"
+    else:
+        rule = "EMA (layer's momentum)" if pol.momentum is None else f"EMA {pol.momentum:g}"
     return f"{rule} in {pol.update_in.value}"
 
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    from bnkit._render import print_table
+    from bnkit.cli._render import print_table
 
     print_table("bnkit policy presets", table)
     return 0

@@ -12,6 +12,8 @@ from typing import Any
 
 from bnkit.errors import StudyError
 
+__all__ = ["register", "run"]
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -65,7 +67,7 @@ def _user(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     import bnkit.study as study
-    from bnkit._render import print_table
+    from bnkit.cli._render import print_table
     from bnkit.study.report import checks_table
     from bnkit.study.tables import headline_table
 

@@ -21,14 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._managed import original_class
-from bnkit._probe import foreign_forward
-from bnkit._surgery import Where, register_bn_type, replace_modules, select
 from bnkit.errors import InputError, LayerError
-from bnkit.policy import Policy
-from bnkit.presets import preset
+from bnkit.layers.adapters import Verdict, route
+from bnkit.layers.managed import original_class
+from bnkit.layers.select import Where, lazy_reason, register_bn_type, select
+from bnkit.layers.surgery import replace_modules
+from bnkit.policy import Policy, preset
 
 __all__ = [
     "FrozenBatchNorm",
@@ -54,6 +53,10 @@ class FrozenBatchNorm(nn.Module):
     _bnkit_frozen_policy: ClassVar[Policy] = preset("frozen")
     _dims: ClassVar[tuple[int, int]] = (2, 64)
     _bn_class: ClassVar[type[_BatchNorm] | None] = None
+    adapted_from: type[nn.Module] | None = None
+    """The class of the layer it replaced, when that class computes BatchNorm in its own forward
+    with a declared adapter (timm's ``BatchNormAct2d``): its steps around the normalization (an
+    activation, say) are kept, with the layer's other submodules."""
 
     weight: Tensor
     bias: Tensor
@@ -85,6 +88,12 @@ class FrozenBatchNorm(nn.Module):
                 f"{_rank(low, high)} input with {self.num_features} channels in dim 1 (got "
                 f"shape {tuple(input.shape)})"
             )
+        adapter = None if self.adapted_from is None else route(self.adapted_from).adapter
+        if adapter is None:
+            return self._normalize(input)
+        return adapter.around(self, input, self._normalize)
+
+    def _normalize(self, input: Tensor) -> Tensor:
         return F.batch_norm(
             input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
         )
@@ -150,15 +159,16 @@ def _check_freezable(name: str, layer: nn.Module) -> str | None:
     """Why ``layer`` cannot be frozen (None when it can)."""
     if not isinstance(layer, _BatchNorm):
         return f"is a {type(layer).__name__}, not a BatchNorm layer bnkit can export"
-    if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
-        return "is an unmaterialized lazy layer; run one forward pass first"
+    lazy = lazy_reason(layer)
+    if lazy is not None:
+        return lazy
     if layer.running_mean is None or layer.running_var is None:
         return "has no running statistics (built with track_running_stats=False)"
     cls = original_class(layer)
-    if foreign_forward(cls):
+    if not route(cls).plain:
         return (
             f"is a {cls.__name__}, whose own forward would be dropped by a frozen export; "
-            "leave it out with where="
+            "leave it out with where= (or declare it with bnkit.register_layer)"
         )
     return None
 
@@ -201,6 +211,11 @@ def _freeze(name: str, layer: nn.Module) -> nn.Module:
                 setattr(frozen, key, value.detach().clone())
         frozen.running_mean = mean.detach().clone()
         frozen.running_var = var.detach().clone()
+    source = original_class(layer)
+    if route(source).verdict is Verdict.ADAPTED:
+        frozen.adapted_from = source
+        for child_name, child in layer.named_children():
+            frozen.add_module(child_name, child)
     vars(frozen)[_KEPT] = layer
     vars(frozen)["_bnkit_name"] = name
     return frozen

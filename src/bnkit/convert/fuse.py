@@ -23,12 +23,13 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._managed import original_class
-from bnkit._probe import foreign_forward
-from bnkit._surgery import bn_layers, is_bn_layer, replace_modules, unwrap
 from bnkit.apply import policy_of
 from bnkit.convert._fold import FOLDABLE, fold, out_features
 from bnkit.errors import FuseWarning, LayerError
+from bnkit.layers.adapters import own_forward as foreign_forward
+from bnkit.layers.managed import original_class
+from bnkit.layers.select import bn_layers, is_bn_layer, unwrap
+from bnkit.layers.surgery import replace_modules
 
 __all__ = ["FuseReport", "fuse", "fuse_plan"]
 

@@ -21,17 +21,16 @@ from typing import Any, TypeVar, cast
 
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._managed import is_managed, managed_class, original_class
-from bnkit._surgery import LayerState, Where, select
 from bnkit.convert import _synced
 from bnkit.errors import LayerError
+from bnkit.layers.managed import managed_class, original_class
+from bnkit.layers.select import Where, lazy_reason, select
+from bnkit.layers.state import ATTR, state_of
 
 __all__ = ["from_sync", "to_sync"]
 
 M = TypeVar("M", bound=nn.Module)
-# Not "_bnkit_..." (those belong to a managed layer's policy state, which unfreeze resets).
 _KEPT = "_bnkitsync_source"
 _PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -67,9 +66,10 @@ def sync_class(cls: type[_BatchNorm]) -> type[_BatchNorm]:
 
 def _set_class(layer: _BatchNorm, cls: type[_BatchNorm]) -> None:
     """Give ``layer`` the class ``cls`` (its managed form if bnkit manages it)."""
-    if is_managed(layer):
-        state: LayerState = vars(layer)["_bnkit_original"]
-        vars(layer)["_bnkit_original"] = dataclasses.replace(state, cls=cls)
+    state = state_of(layer)
+    if state is not None:
+        original = dataclasses.replace(state.original, cls=cls)
+        vars(layer)[ATTR] = dataclasses.replace(state, original=original)
         layer.__class__ = managed_class(cls)
     else:
         layer.__class__ = cls
@@ -99,10 +99,9 @@ def to_sync(model: M, process_group: Any = None, where: Where = None) -> M:
                     "form; convert it back first (bnkit.from_frozen)"
                 )
             continue
-        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
-            raise LayerError(
-                f"layer {name!r} is an unmaterialized lazy layer; run one forward pass first"
-            )
+        lazy = lazy_reason(layer)
+        if lazy is not None:
+            raise LayerError(f"layer {name!r} {lazy}")
         if not isinstance(layer, nn.SyncBatchNorm):
             chosen.append(layer)
     for layer in chosen:

@@ -14,7 +14,20 @@ from bnkit.diagnostics import _rules_phase, _rules_stats  # noqa: F401
 from bnkit.diagnostics import _rules_input, _rules_layout, _rules_optim  # noqa: F401
 
 # isort: on
+from bnkit.diagnostics.check import check
 from bnkit.diagnostics.findings import Finding, Severity, kinds
-from bnkit.diagnostics.report import LayerRow, Report
+from bnkit.diagnostics.report import LayerRow, Report, report
+from bnkit.diagnostics.watch import LayerStep, Watch, watch
 
-__all__ = ["Finding", "LayerRow", "Report", "Severity", "kinds"]
+__all__ = [
+    "Finding",
+    "LayerRow",
+    "LayerStep",
+    "Report",
+    "Severity",
+    "Watch",
+    "check",
+    "kinds",
+    "report",
+    "watch",
+]

@@ -16,10 +16,10 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
-from bnkit import _managed
-from bnkit._surgery import bn_layers, unwrap
 from bnkit.apply import policy_of
 from bnkit.errors import LayerError
+from bnkit.layers.managed import is_managed
+from bnkit.layers.select import bn_layers, unwrap
 from bnkit.policy import Affine, Policy
 
 __all__ = [
@@ -77,9 +77,7 @@ class LayerFacts:
 
 def is_bnkit(layer: nn.Module) -> bool:
     """Whether bnkit decides the layer's behaviour (managed, or a frozen bnkit layer)."""
-    return _managed.is_managed(layer) or isinstance(
-        getattr(layer, "_bnkit_frozen_policy", None), Policy
-    )
+    return is_managed(layer) or isinstance(getattr(layer, "_bnkit_frozen_policy", None), Policy)
 
 
 def _policy(layer: nn.Module) -> tuple[Policy | None, str]:
@@ -92,10 +90,11 @@ def _policy(layer: nn.Module) -> tuple[Policy | None, str]:
 def behaviour(layer: nn.Module, training: bool, policy: Policy | None) -> Behaviour:
     """The layer's behaviour in a phase, from its policy (or, without one, its native flags)."""
     if policy is not None:
+        momentum = getattr(layer, "momentum", "")
         return Behaviour(
             batch=policy.uses_batch_stats(training),
-            updates=policy.updates(training),
-            text=policy.describe(training),
+            updates=policy.updates(training, momentum),
+            text=policy.describe(training, momentum),
         )
     if not isinstance(layer, _BatchNorm):
         return Behaviour(None, None, f"unknown ({type(layer).__name__} has no bnkit policy)")

@@ -25,8 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from bnkit.diagnostics._example import Call
 from bnkit.diagnostics._facts import LayerFacts, never_updated
-from bnkit.diagnostics._probe import Call
 from bnkit.diagnostics._text import where
 from bnkit.diagnostics.findings import Context, Finding, Severity, rule
 

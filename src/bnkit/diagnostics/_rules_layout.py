@@ -7,8 +7,8 @@ import itertools
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from bnkit._surgery import is_bn_layer
 from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.layers.select import is_bn_layer
 
 __all__: list[str] = []
 

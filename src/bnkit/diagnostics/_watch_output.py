@@ -28,7 +28,7 @@ class Table:
     rows: list[dict[str, str]]
 
     def __str__(self) -> str:
-        from bnkit._render import plain_table
+        from bnkit.cli._render import plain_table
 
         if not self.rows:
             return f"{self.title}: (none)"
@@ -36,7 +36,7 @@ class Table:
 
     def print(self) -> None:
         """Print the table."""
-        from bnkit._render import print_table
+        from bnkit.cli._render import print_table
 
         print_table(self.title, self.rows)
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from bnkit._surgery import unwrap
+from bnkit.diagnostics._example import Probe, run_probe
 from bnkit.diagnostics._facts import facts
-from bnkit.diagnostics._probe import Probe, run_probe
 from bnkit.diagnostics._rules_input import DOMAIN_THRESHOLD
 from bnkit.diagnostics.findings import Context, Finding, Severity, kinds, rules
 from bnkit.errors import DiagnosticError
+from bnkit.layers.select import unwrap
 
 __all__ = ["check", "errors"]
 

@@ -17,8 +17,8 @@ import torch.nn as nn
 from bnkit.errors import DiagnosticError
 
 if TYPE_CHECKING:
+    from bnkit.diagnostics._example import Probe
     from bnkit.diagnostics._facts import LayerFacts
-    from bnkit.diagnostics._probe import Probe
 
 __all__ = ["Context", "Finding", "Rule", "Severity", "kinds", "rule", "rules"]
 

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import unwrap
 from bnkit.diagnostics._facts import (
     LayerFacts,
     affine_state,
@@ -25,6 +24,8 @@ from bnkit.diagnostics._facts import (
     running_stats,
 )
 from bnkit.errors import SelectionError
+from bnkit.layers.managed import original_class
+from bnkit.layers.select import unwrap
 
 __all__ = ["LayerRow", "Report", "report"]
 
@@ -128,7 +129,7 @@ class Report:
         return f"BatchNorm layers of {self.model} (model in {phase}(), {len(self.rows)} layers)"
 
     def __str__(self) -> str:
-        from bnkit._render import plain_table
+        from bnkit.cli._render import plain_table
 
         if not self.rows:
             return f"{self.title}: (none)"
@@ -136,7 +137,7 @@ class Report:
 
     def print(self) -> None:
         """Print the table (rich on a terminal when installed, plain text elsewhere)."""
-        from bnkit._render import print_table
+        from bnkit.cli._render import print_table
 
         print_table(self.title, [r.cells() for r in self.rows])
 
@@ -214,8 +215,6 @@ def _row(f: LayerFacts) -> LayerRow:
 
 
 def _class_name(layer: nn.Module) -> str:
-    from bnkit._managed import original_class
-
     return original_class(layer).__name__
 
 

@@ -20,13 +20,12 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnkit import _managed
-from bnkit._surgery import Where, select, unwrap
 from bnkit.diagnostics import _watch_output as out
 from bnkit.diagnostics._facts import behaviour, layer_facts
 from bnkit.diagnostics._watch_measure import Change, Layout
 from bnkit.errors import DiagnosticError
-from bnkit.policy import Policy
+from bnkit.layers.select import Where, select, unwrap
+from bnkit.layers.state import state_of
 
 __all__ = ["LayerStep", "Watch", "watch"]
 
@@ -288,9 +287,9 @@ def watch(model: nn.Module, *, writer: Any = None, every: int = 1, where: Where 
 
 def _uses_batch(layer: nn.Module) -> bool:
     """Whether the layer normalizes with batch statistics now (the hot path of the hook)."""
-    if _managed.is_managed(layer):
-        policy: Policy = vars(layer)["_bnkit_policy"]
-        return policy.uses_batch_stats(layer.training)
+    state = state_of(layer)
+    if state is not None:
+        return state.policy.uses_batch_stats(layer.training)
     if isinstance(layer, _BatchNorm) and getattr(layer, "_bnkit_frozen_policy", None) is None:
         return layer.training or (layer.running_mean is None and layer.running_var is None)
     facts = layer_facts("", layer)

@@ -168,7 +168,7 @@ def run(
     cells = grid(bench)
     done = load_finished(out / "cells", cells)
     todo = [c for c in cells if c not in done]
-    from bnkit._progress import Progress
+    from bnkit.stats.progress import Progress
 
     models: list[dict[str, Any]] = []
     with _executor(nworkers, nthreads) as imap:

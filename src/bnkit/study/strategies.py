@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 import bnkit
-from bnkit._surgery import bn_layers
+from bnkit.layers.select import bn_layers
 from bnkit.study.training import fit, only_bn_affine, predict
 
 __all__ = ["FINETUNE", "TEST_TIME", "FineTuneContext", "Strategy", "StreamContext"]

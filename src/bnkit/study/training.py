@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnkit._surgery import bn_layers
+from bnkit.layers.select import bn_layers
 
 __all__ = ["batches", "fit", "predict"]
 

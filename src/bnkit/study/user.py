@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import bn_layers
 from bnkit.errors import StudyError
+from bnkit.layers.select import bn_layers
 from bnkit.study.bench import Bench, BenchSpec
 from bnkit.study.data import Domain, Split, rng_for
 from bnkit.study.pretrain import Pretrained

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+__all__ = ["plain_table", "print_table"]
+
 
 def print_table(title: str, rows: list[dict[str, str]]) -> None:
     """Print ``rows`` (dicts with the same keys) as a table."""

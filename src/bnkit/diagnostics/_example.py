@@ -24,9 +24,9 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnkit import functional as BF
-from bnkit._surgery import bn_layers
 from bnkit.diagnostics._facts import behaviour, layer_facts, running_stats
 from bnkit.errors import DiagnosticError
+from bnkit.layers.select import bn_layers
 
 __all__ = ["Call", "ModelState", "Probe", "run_probe"]
 
@@ -79,7 +79,6 @@ class ModelState:
                     "_buffers": OrderedDict(m._buffers),
                     "_forward_hooks": OrderedDict(m._forward_hooks),
                     "_forward_pre_hooks": OrderedDict(m._forward_pre_hooks),
-                    "probe": {k: v for k, v in vars(m).items() if k.startswith("_bnkitprobe")},
                 }
             )
         self.tensors: dict[int, tuple[Tensor, int, Tensor, bool, Tensor | None]] = {}
@@ -96,9 +95,6 @@ class ModelState:
                 if container != saved[key]:
                     container.clear()
                     container.update(saved[key])
-            for key in [k for k in vars(m) if k.startswith("_bnkitprobe")]:
-                del vars(m)[key]
-            vars(m).update(saved["probe"])
         with torch.no_grad():
             for t, version, value, requires_grad, grad in self.tensors.values():
                 if t._version != version or not _same(t, value):

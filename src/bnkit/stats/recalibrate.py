@@ -15,15 +15,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit._estimators import ESTIMATORS, Estimator
-from bnkit._layout import ChannelsLast, wants_channels_last
-from bnkit._progress import Progress
-from bnkit._recal_pass import Pass, StopForward
-from bnkit._surgery import Where, select, unwrap
 from bnkit.apply import policy_of
 from bnkit.errors import LayerError, RecalibrationError
+from bnkit.layers.select import Where, lazy_reason, select, unwrap
+from bnkit.stats.estimators import ESTIMATORS, Estimator
+from bnkit.stats.layout import ChannelsLast, wants_channels_last
+from bnkit.stats.progress import Progress
+from bnkit.stats.recal_pass import Pass, StopForward
 
 __all__ = ["recalibrate"]
 
@@ -285,11 +284,9 @@ def _never_updates(layer: nn.Module) -> bool:
 def _targets(model: nn.Module, where: Where) -> list[tuple[str, nn.Module]]:
     layers = select(model, where)
     for name, layer in layers:
-        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
-            raise LayerError(
-                f"layer {name!r} is an unmaterialized {type(layer).__name__}; run one forward "
-                "pass first so it knows num_features"
-            )
+        lazy = lazy_reason(layer)
+        if lazy is not None:
+            raise LayerError(f"layer {name!r} {lazy}")
     if where is None:
         chosen = [(n, m) for n, m in layers if _has_stats(m) and not _never_updates(m)]
         if not chosen:

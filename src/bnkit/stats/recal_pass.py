@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnkit._estimators import Estimator
-from bnkit._surgery import unwrap
 from bnkit.apply import using
 from bnkit.errors import RecalibrationError
 from bnkit.functional import values_per_channel
+from bnkit.layers.select import unwrap
+from bnkit.stats.estimators import Estimator
 
 __all__ = ["Pass", "StopForward"]
 

@@ -1,0 +1,184 @@
+"""Autograd functions of the strategies, on BatchNorm's native kernels.
+
+Each has a fast backward on the native kernels; when a second derivative is asked for
+(``create_graph=True``) the backward instead differentiates a composite of differentiable ops,
+so double backward is exact rather than silently wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bnkit.functional.stats import moments, per_channel, values_per_channel
+
+__all__ = ["GhostBatchNorm", "MixedNormalize", "dense", "ghost_composite"]
+
+
+def dense(x: Tensor) -> Tensor:
+    """``x`` itself when it is dense (contiguous or channels-last), else a contiguous copy.
+
+    Slices of a dense tensor along dim 0 are dense, so kernels may write into them.
+    """
+    if x.is_contiguous():
+        return x
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x
+    return x.contiguous()
+
+
+def ghost_composite(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, sizes: list[int], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Ghost batches from differentiable ops (compiled graphs and second derivatives)."""
+    outs, means, invstds = [], [], []
+    for chunk in torch.split(x, sizes, dim=0):
+        out, mean, invstd = torch.native_batch_norm(chunk, weight, bias, None, None, True, 0.0, eps)
+        outs.append(out)
+        means.append(mean.detach())
+        invstds.append(invstd.detach())
+    return torch.cat(outs, dim=0), torch.stack(means), torch.stack(invstds)
+
+
+def _grads(out: Tensor, inputs: tuple[Tensor | None, ...], dy: Tensor) -> tuple[Tensor | None, ...]:
+    """d(out)/d(inputs)·dy with a graph (for second derivatives); None where not needed."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    found = iter(torch.autograd.grad(out, wanted, dy, create_graph=True, allow_unused=True))
+    return tuple(next(found) if t is not None and t.requires_grad else None for t in inputs)
+
+
+class GhostBatchNorm(torch.autograd.Function):
+    """BatchNorm over consecutive groups of samples, each group on the native kernels.
+
+    Every group is normalized straight into its slice of one output (no concatenation), and
+    its backward is BatchNorm's own backward on that slice.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        sizes: list[int],
+        eps: float,
+        stats: list[Tensor],
+    ) -> Tensor:
+        x = dense(x)
+        out = torch.empty_like(x)
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        means = x.new_empty((len(sizes), x.shape[1]), dtype=acc)
+        invstds = x.new_empty((len(sizes), x.shape[1]), dtype=acc)
+        start = 0
+        for i, size in enumerate(sizes):
+            rows = slice(start, start + size)
+            torch.ops.aten.native_batch_norm.out(
+                x[rows], weight, bias, None, None, True, 0.0, eps,
+                out=out[rows], save_mean=means[i], save_invstd=invstds[i],
+            )  # fmt: skip
+            start += size
+        ctx.save_for_backward(x, weight, bias, means, invstds)
+        ctx.sizes, ctx.eps = sizes, eps
+        stats.extend([means, invstds])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, means, invstds = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                out = ghost_composite(x, weight, bias, ctx.sizes, ctx.eps)[0]
+            gx, gw, gb = _grads(out, (x, weight, bias), dy)
+            return gx, gw, gb, None, None, None
+        dx = torch.empty_like(x)
+        dweight = dbias = None
+        start = 0
+        for i, size in enumerate(ctx.sizes):
+            rows = slice(start, start + size)
+            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                dy[rows], x[rows], weight, None, None, means[i], invstds[i], True, ctx.eps,
+                [True, True, True],
+            )  # fmt: skip
+            dx[rows] = gx
+            dweight = gw if dweight is None else dweight + gw
+            dbias = gb if dbias is None else dbias + gb
+            start += size
+        return (
+            dx if needs[0] else None,
+            dweight if needs[1] else None,
+            dbias if needs[2] else None,
+            None,
+            None,
+            None,
+        )
+
+
+class MixedNormalize(torch.autograd.Function):
+    """Normalization with running statistics mixed with the batch's, on native kernels.
+
+    The gradient through the batch part of the mix is added to the eval-mode BatchNorm
+    gradient; with mixed statistics (mean, var), s = 1/sqrt(var + eps), batch mean m_B, weight
+    w of the running statistics and n values per channel::
+
+        dx = γ s [dy − (1−w)/n · Σdy − (1−w) s/n · Σ(dy·x̂) · (x − m_B)]
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor,
+        running_var: Tensor,
+        batch_mean: Tensor,
+        batch_var: Tensor,
+        w: float,
+        eps: float,
+    ) -> Tensor:
+        mean = w * running_mean + (1 - w) * batch_mean
+        var = w * running_var + (1 - w) * batch_var
+        ctx.save_for_backward(x, weight, bias, mean, var, batch_mean, running_mean, running_var)
+        ctx.w, ctx.eps, ctx.n = w, eps, values_per_channel(x)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, var, batch_mean, running_mean, running_var = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        tail = (None,) * 6
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                b_mean, b_var = moments(x)
+                m = ctx.w * running_mean + (1 - ctx.w) * b_mean
+                v = ctx.w * running_var + (1 - ctx.w) * b_var
+                scale = torch.rsqrt(v + ctx.eps)
+                if weight is not None:
+                    scale = scale * weight
+                out = (x - per_channel(m, x)) * per_channel(scale, x)
+                if bias is not None:
+                    out = out + per_channel(bias, x)
+            return (*_grads(out, (x, weight, bias), dy), *tail)
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
+        )
+        if needs[0]:
+            invstd = torch.rsqrt(var + ctx.eps)
+            gamma = invstd if weight is None else weight * invstd
+            k = (1.0 - ctx.w) / ctx.n
+            a = gamma * invstd * dweight * k
+            c = gamma * dbias * k - a * batch_mean
+            # dx − (a·x + c), in place (no fresh full-size tensor)
+            dx = dx.addcmul_(x, per_channel(a, x), value=-1.0).sub_(per_channel(c, x))
+        return (
+            dx if needs[0] else None,
+            dweight if needs[1] else None,
+            dbias if needs[2] else None,
+            *tail,
+        )

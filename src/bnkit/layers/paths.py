@@ -1,0 +1,212 @@
+"""The forward of a managed layer: its plan picks the statistics, :mod:`bnkit.functional` computes.
+
+One function per kind of statistics (batch, running, renorm, ghost, prior); each normalizes, and
+folds what the plan says into the running statistics through an
+:class:`~bnkit.layers.update.Update`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnkit import functional as BF
+from bnkit.layers.inputs import check_input
+from bnkit.layers.probe import ACTIVE, mark
+from bnkit.layers.state import ATTR, ManagedState, Plan
+from bnkit.layers.sync import global_moments, group_of
+from bnkit.layers.update import Update, running
+from bnkit.policy import Normalize
+
+__all__ = ["run"]
+
+Affine = tuple[Tensor | None, Tensor | None]
+
+
+def run(layer: _BatchNorm, x: Tensor, dims: tuple[int, int] | None) -> Tensor:
+    """One forward of a managed layer (``dims``: its input ranks; None: its own check)."""
+    state: ManagedState = vars(layer)[ATTR]
+    plan = state.train if layer.training else state.eval
+    group = group_of(layer, state.sync)
+    check_input(layer, state, plan, x, dims, group is not None)
+    if ACTIVE:
+        mark(layer)
+    weight: Tensor | None = layer.weight
+    bias: Tensor | None = layer.bias
+    if plan.frozen_affine:
+        weight = None if weight is None else weight.detach()
+        bias = None if bias is None else bias.detach()
+    affine = (weight, bias)
+    mode = plan.mode
+    if mode is Normalize.BATCH:
+        return _batch(layer, state, plan, x, affine, group)
+    if x.numel() == 0 and group is None:
+        return _empty(layer, plan, x, affine)
+    if mode is Normalize.RUNNING:
+        return _running(layer, state, plan, x, affine, group)
+    if mode is Normalize.RENORM:
+        return _renorm(layer, state, plan, x, affine, group)
+    if mode is Normalize.GHOST:
+        return _ghost(layer, state, plan, x, affine)
+    return _prior(layer, state, plan, x, affine, group)
+
+
+def _batch(
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+) -> Tensor:
+    """Batch statistics (over all ranks when synchronized), updating in the same kernel."""
+    weight, bias = affine
+    if group is not None and x.device.type != "cuda":
+        mean, var, n, _ = global_moments(x, group)
+        out = BF.affine_normalize(x, mean, var, weight, bias, layer.eps).to(x.dtype)
+        if plan.update:
+            update = Update(layer, state, plan)
+            update.fold(mean, BF.unbiased(var, n))
+            update.commit()
+        return out
+    if not plan.update:
+        return _kernel(layer, x, weight, bias, None, None, 0.0, group)
+    update = Update(layer, state, plan)
+    if isinstance(update.factor, Tensor):  # a cumulative factor on the device (compiled)
+        out = _kernel(layer, x, weight, bias, None, None, 0.0, group)
+        BF.update_running_stats(x, update.mean, update.var, update.factor)
+    else:
+        out = _kernel(layer, x, weight, bias, update.mean, update.var, update.factor, group)
+    update.commit()
+    return out
+
+
+def _kernel(
+    layer: _BatchNorm,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    factor: float,
+    group: Any,
+) -> Tensor:
+    """BatchNorm's own kernel on batch statistics; PyTorch's SyncBatchNorm one across ranks."""
+    if group is None:
+        return BF.normalize_with_batch(
+            x, weight, bias, layer.eps, running_mean, running_var, factor
+        )
+    from torch.nn.modules._functions import SyncBatchNorm as _SyncFn
+
+    out: Tensor = _SyncFn.apply(  # type: ignore[no-untyped-call]
+        x, weight, bias, running_mean, running_var, layer.eps, factor, group,
+        dist.get_world_size(group),
+    )  # fmt: skip
+    return out
+
+
+def _empty(layer: _BatchNorm, plan: Plan, x: Tensor, affine: Affine) -> Tensor:
+    """An empty batch: an empty output, the statistics untouched, counted as BatchNorm does."""
+    mean, var = layer.running_mean, layer.running_var
+    if mean is None or var is None:
+        out = BF.normalize_with_batch(x, *affine, layer.eps)
+    else:
+        out = BF.normalize(x, mean, var, *affine, layer.eps)
+    nbt = layer.num_batches_tracked
+    if plan.update and nbt is not None:
+        nbt.add_(1)
+    return out
+
+
+def _running(
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+) -> Tensor:
+    """Running statistics; an update uses the batch but the output the statistics from before."""
+    mean, var = running(layer, state)
+    if not plan.update:
+        return BF.normalize(x, mean, var, *affine, layer.eps)
+    used_mean, used_var = BF.snapshot(mean), BF.snapshot(var)
+    update = Update(layer, state, plan)
+    if group is not None:
+        with torch.no_grad():
+            batch_mean, batch_var, n, _ = global_moments(x.detach(), group)
+        update.fold(batch_mean, BF.unbiased(batch_var, n))
+    else:
+        BF.update_running_stats(x, update.mean, update.var, update.factor)
+    update.commit()
+    return BF.normalize(x, used_mean, used_var, *affine, layer.eps)
+
+
+def _renorm(
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+) -> Tensor:
+    """Batch renormalization: batch statistics corrected toward the running ones."""
+    p = state.policy
+    mean, var = running(layer, state)
+    if plan.update:  # the update below must not change what r and d are computed from
+        mean, var = BF.snapshot(mean), BF.snapshot(var)
+    nbt = layer.num_batches_tracked
+    r_limit, d_limit = BF.renorm_limits(
+        0 if nbt is None else nbt, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp
+    )
+    if group is None:
+        batch_mean, batch_var = BF.batch_stats(x)
+        r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
+        return _batch(layer, state, plan, x, BF.renorm_fold(*affine, r, d), None)
+    batch_mean, batch_var, n, _ = global_moments(x, group)
+    r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
+    weight, bias = BF.renorm_fold(*affine, r, d)
+    out = BF.affine_normalize(x, batch_mean, batch_var, weight, bias, layer.eps).to(x.dtype)
+    if plan.update:
+        update = Update(layer, state, plan)
+        update.fold(batch_mean, BF.unbiased(batch_var, n))
+        update.commit()
+    return out
+
+
+def _ghost(layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine) -> Tensor:
+    """Ghost batches (always per rank); one group is plain batch statistics, bit for bit."""
+    sizes = BF.ghost_sizes(x.shape[0], state.policy.ghost_size)
+    if len(sizes) == 1:
+        return _batch(layer, state, plan, x, affine, None)
+    out, means, variances = BF.ghost_normalize(x, *affine, layer.eps, sizes)
+    if plan.update:
+        per_sample = BF.values_per_channel(x) // x.shape[0]
+        update = Update(layer, state, plan)
+        update.fold(*BF.ghost_update_stats(means, variances, sizes, per_sample))
+        update.commit()
+    return out
+
+
+def _prior(
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+) -> Tensor:
+    """Running statistics mixed with the batch's (over all ranks when synchronized)."""
+    strength = state.policy.prior_strength
+    if strength == 0:
+        return _batch(layer, state, plan, x, affine, group)
+    if math.isinf(strength):
+        return _running(layer, state, plan, x, affine, group)
+    running_mean, running_var = running(layer, state)
+    if plan.update:
+        running_mean, running_var = BF.snapshot(running_mean), BF.snapshot(running_var)
+    if group is not None or torch.compiler.is_compiling():
+        # Differentiable statistics: the exchange needs them, and compiled graphs fuse them
+        # (the eager fast path is a custom autograd function).
+        if group is not None:
+            batch_mean, batch_var, n, samples = global_moments(x, group)
+        else:
+            (batch_mean, batch_var), n, samples = BF.moments(x), BF.values_per_channel(x), len(x)
+        w = BF.prior_weight(strength, samples)
+        mean, var = BF.prior_mix(w, running_mean, running_var, batch_mean, batch_var)
+        out = BF.affine_normalize(x, mean, var, *affine, layer.eps).to(x.dtype)
+    else:
+        n, w = BF.values_per_channel(x), BF.prior_weight(strength, x.shape[0])
+        out, batch_mean, batch_var = BF.mixed_normalize(
+            x, *affine, running_mean, running_var, w, layer.eps
+        )
+    if plan.update:
+        update = Update(layer, state, plan)
+        update.fold(batch_mean, BF.unbiased(batch_var, n))
+        update.commit()
+    return out

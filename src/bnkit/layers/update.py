@@ -1,0 +1,129 @@
+"""Updating a managed layer's running statistics, with the NaN/Inf guard and the counter.
+
+An update that would turn finite running statistics into NaN/Inf is undone. On CPU in eager
+mode the check reads one number on the host and warns; on accelerators and under
+``torch.compile`` the choice is made on the device with ``torch.where`` (no synchronization),
+silently. ``num_batches_tracked`` counts an update only once it has happened, so a forward that
+fails part-way leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnkit import functional as BF
+from bnkit.errors import LayerError, NonFiniteBatchWarning
+from bnkit.layers.state import ManagedState, Plan
+
+__all__ = ["Update", "running", "sync_free"]
+
+
+def sync_free(t: Tensor) -> bool:
+    """Whether guards must avoid host synchronization (compiled graphs, accelerators)."""
+    return torch.compiler.is_compiling() or t.device.type != "cpu"
+
+
+def running(layer: _BatchNorm, state: ManagedState) -> tuple[Tensor, Tensor]:
+    """The layer's running statistics (an error names the layer when it has none)."""
+    mean, var = layer.running_mean, layer.running_var
+    if mean is None or var is None:
+        raise LayerError(
+            f"layer {state.label(layer)!r} has no running statistics "
+            "(built with track_running_stats=False) but its policy needs them"
+        )
+    return mean, var
+
+
+class Update:
+    """One update of a layer's running statistics: the buffers to write, its factor, and the
+    commit that checks the result and counts it.
+
+    On CPU in eager mode the buffers themselves are written (and restored by :meth:`commit`
+    if the batch was not finite); elsewhere copies are written and :meth:`commit` selects
+    between them and the old values on the device.
+    """
+
+    def __init__(self, layer: _BatchNorm, state: ManagedState, plan: Plan) -> None:
+        self.layer, self.state = layer, state
+        mean, var = running(layer, state)
+        self.sync_free = sync_free(mean)
+        if self.sync_free:
+            self.mean, self.var = mean.clone(), var.clone()
+            self.old: tuple[Tensor, Tensor] | None = None
+        else:
+            self.mean, self.var = mean, var
+            self.old = (mean.clone(), var.clone())
+        self.factor = _factor(layer, plan)
+
+    def host_factor(self) -> float:
+        """The factor as a number (a cumulative factor read on the host)."""
+        f = self.factor
+        return f if isinstance(f, float) else float(f)
+
+    def fold(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        """Fold a per-channel mean and unbiased variance into the buffers with the factor."""
+        with torch.no_grad():
+            BF.ema(self.mean, mean.detach(), self.factor, inplace=True)
+            BF.ema(self.var, unbiased_var.detach(), self.factor, inplace=True)
+
+    def commit(self) -> None:
+        """Keep the update unless it made finite statistics non-finite; count it if kept."""
+        nbt = self.layer.num_batches_tracked
+        mean, var = running(self.layer, self.state)
+        if self.sync_free:
+            keep = torch.isfinite(self.mean + self.var).all() | ~torch.isfinite(mean + var).all()
+            mean.copy_(torch.where(keep, self.mean, mean))
+            var.copy_(torch.where(keep, self.var, var))
+            if nbt is not None:
+                nbt.add_(keep.to(nbt.dtype))
+            return
+        if not _undone(mean, var, self.old):
+            if nbt is not None:
+                nbt.add_(1)
+            return
+        warnings.warn(
+            NonFiniteBatchWarning(
+                f"layer {self.state.label(self.layer)!r}: the batch has NaN/Inf statistics; its "
+                "update of the running statistics was skipped"
+            ),
+            stacklevel=6,
+        )
+
+
+def _factor(layer: _BatchNorm, plan: Plan) -> float | Tensor:
+    """``momentum`` (the policy's, else the layer's), or ``1/k`` for the k-th update."""
+    momentum = plan.momentum if plan.momentum is not None else layer.momentum
+    if not plan.cumulative and momentum is not None:
+        return float(momentum)
+    nbt = layer.num_batches_tracked
+    if nbt is None:
+        raise LayerError(
+            f"layer {type(layer).__name__!r} has no num_batches_tracked buffer, which a "
+            "cumulative update (momentum=None) counts"
+        )
+    if torch.compiler.is_compiling():  # the counter cannot be read on the host
+        dtype = layer.running_mean.dtype if layer.running_mean is not None else torch.float32
+        return 1.0 / (nbt + 1).to(dtype)
+    return 1.0 / (float(nbt) + 1.0)
+
+
+def _undone(mean: Tensor, var: Tensor, old: tuple[Tensor, Tensor] | None) -> bool:
+    """Undo an update that turned finite statistics into NaN/Inf; whether it was undone."""
+    assert old is not None
+    # The batch's mean is non-finite only with its variance (inf − inf is NaN), so the
+    # variance alone tells; summed on the host (tolist costs less than a tensor reduction).
+    if math.isfinite(sum(var.tolist())):
+        return False
+    if bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
+        return False  # only the sum overflowed
+    if not bool(torch.isfinite(old[0]).all() & torch.isfinite(old[1]).all()):
+        return False  # already non-finite before this batch: nothing to protect
+    # .data: autograd may hold the buffers for the backward of this forward.
+    mean.data.copy_(old[0])
+    var.data.copy_(old[1])
+    return True
