@@ -148,3 +148,30 @@ def test_strategy_parameters_are_validated() -> None:
     assert repr(bnkit.preset("prior", prior_strength=math.inf)) == (
         "bnkit.preset('prior', prior_strength=math.inf)"
     )
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(17, [9, 8]), (40, [14, 14, 12]), (33, [11, 11, 11])])
+def test_ghost_groups_split_as_tabnet_does_so_no_group_is_left_with_one_sample(
+    n: int, sizes: list[int]
+) -> None:
+    from pytorch_tabnet.tab_network import GBN
+
+    assert bnkit.functional.ghost_sizes(n, 16) == sizes
+    gbn = GBN(5, virtual_batch_size=16, momentum=0.1).train()
+    randomize(gbn.bn)
+    ours = managed_copy(gbn.bn, bnkit.preset("ghost", ghost_size=16)).train()
+    x = _x((n, 5))
+    assert torch.equal(ours(x), gbn(x))  # each group on the same kernel: bit for bit
+    ref = bnkit.reference.reference_step(copy.deepcopy(gbn.bn), x, policy=bnkit.policy_of(ours))
+    assert ref.details["sizes"] == sizes
+
+
+def test_a_one_sample_ghost_group_names_a_ghost_size_that_works() -> None:
+    layer = bnkit.apply(nn.BatchNorm1d(3), bnkit.preset("ghost", ghost_size=2)).train()
+    before = layer.running_mean.clone()
+    with pytest.raises(
+        bnkit.InputError, match=r"groups of 2, 2 and 1.*ghost_size=3 for batches of 5"
+    ):
+        layer(torch.randn(5, 3))
+    assert torch.equal(layer.running_mean, before) and int(layer.num_batches_tracked) == 0
+    layer(torch.randn(6, 3))  # 2, 2 and 2: fine

@@ -136,7 +136,7 @@ class Policy:
             return self.prior_strength < math.inf
         return mode is not Normalize.RUNNING
 
-    def updates(self, training: bool, layer_momentum: float | None | str = "") -> bool:
+    def updates(self, training: bool, layer_momentum: float | str | None = "") -> bool:
         """Whether the running statistics change on a forward in this phase.
 
         ``layer_momentum`` is the layer's own ``momentum``, which an EMA without a named momentum
