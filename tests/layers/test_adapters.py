@@ -21,21 +21,11 @@ timm_norm_act = pytest.importorskip("timm.layers.norm_act")
 
 
 class BNAct(nn.BatchNorm1d):
-    """The issue's example: BatchNorm computed in the layer's own forward, then an activation."""
+    """BatchNorm computed in the layer's own forward, then an activation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(
-            F.batch_norm(
-                x,
-                self.running_mean,
-                self.running_var,
-                self.weight,
-                self.bias,
-                self.training,
-                self.momentum,
-                self.eps,
-            )  # fmt: skip
-        )
+        mean, var, w, b = self.running_mean, self.running_var, self.weight, self.bias
+        return F.relu(F.batch_norm(x, mean, var, w, b, self.training, self.momentum, self.eps))
 
 
 class Declared(nn.BatchNorm2d):
