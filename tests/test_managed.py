@@ -163,12 +163,15 @@ def test_any_policy_matches_reference(
         return
     ref = bnkit.reference.reference_step(ours, x)  # reads the state before the forward
     xr = x.detach().clone().requires_grad_(True)
+    # the reference gets its own copies of gamma/beta: its backward never fills the layer's
+    weight = ours.weight.detach().clone().requires_grad_(True)  # type: ignore[union-attr]
+    bias = ours.bias.detach().clone().requires_grad_(True)  # type: ignore[union-attr]
     ref_g = bnkit.reference.reference_forward(
         policy,
         xr,
         training=training,
-        weight=ours.weight,
-        bias=ours.bias,
+        weight=weight,
+        bias=bias,
         running_mean=ours.running_mean,
         running_var=ours.running_var,
         num_batches_tracked=int(ours.num_batches_tracked),  # type: ignore[arg-type]
@@ -188,6 +191,12 @@ def test_any_policy_matches_reference(
     assert int(ours.num_batches_tracked) == ref.new_num_batches_tracked  # type: ignore[arg-type]
     frozen = policy.affine is Affine.FROZEN
     assert (ours.weight.grad is None) == frozen  # type: ignore[union-attr]
+    assert (weight.grad is None) == frozen and (bias.grad is None) == frozen
+    if not frozen:
+        grads = (ours.weight.grad, ours.bias.grad)  # type: ignore[union-attr]
+        for got, want in zip(grads, (weight.grad, bias.grad), strict=True):
+            assert got is not None and want is not None
+            torch.testing.assert_close(got.double(), want.double(), **tol)
 
 
 def test_adapt_normalizes_with_the_statistics_before_its_update() -> None:

@@ -158,7 +158,7 @@ def reference_forward(
         details.update(r=r, d=d, r_limit=r_limit, d_limit=d_limit)
     elif mode == "ghost":
         parts, g_means, g_vars, sizes = [], [], [], []
-        groups = math.ceil(x64.shape[0] / policy.ghost_size)
+        groups = max(1, math.ceil(x64.shape[0] / policy.ghost_size))
         for group in torch.chunk(x64, groups, dim=0):
             g_mean, g_var, g_n = _stats(group)
             parts.append(
@@ -180,7 +180,10 @@ def reference_forward(
         assert rm is not None and rv is not None
         samples = x64.shape[0]
         strength = policy.prior_strength
-        w_prior = 1.0 if math.isinf(strength) else strength / (strength + samples)
+        if math.isinf(strength):
+            w_prior = 1.0
+        else:  # N = 0 is batch statistics, also for an empty batch
+            w_prior = strength / (strength + samples) if strength > 0 else 0.0
         mean = w_prior * rm + (1 - w_prior) * batch_mean
         var = w_prior * rv + (1 - w_prior) * batch_var
         inv_std = 1.0 / torch.sqrt(var + eps)
@@ -216,7 +219,10 @@ def reference_forward(
         cand_rv = (1 - factor) * rv + factor * upd_var.detach()
         was_finite = bool(torch.isfinite(rm).all() and torch.isfinite(rv).all())
         now_finite = bool(torch.isfinite(cand_rm).all() and torch.isfinite(cand_rv).all())
-        if was_finite and not now_finite:
+        if x64.numel() == 0:  # an empty batch: nothing to fold in, counted as nn.BatchNorm does
+            rule = "empty batch"
+            new_nbt = None if num_batches_tracked is None else k
+        elif was_finite and not now_finite:
             skipped = True
         else:
             new_rm, new_rv = cand_rm, cand_rv

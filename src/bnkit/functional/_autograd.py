@@ -32,6 +32,14 @@ def dense(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def _saved_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
+    """The dtype BatchNorm's kernel saves its statistics in: on CPU the parameters' (the
+    input's without them), elsewhere float32 for half-precision input."""
+    if x.device.type == "cpu":
+        return weight.dtype if weight is not None else x.dtype
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def ghost_composite(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, sizes: list[int], eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -71,7 +79,7 @@ class GhostBatchNorm(torch.autograd.Function):
     ) -> Tensor:
         x = dense(x)
         out = torch.empty_like(x)
-        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        acc = _saved_dtype(x, weight)
         means = x.new_empty((len(sizes), x.shape[1]), dtype=acc)
         invstds = x.new_empty((len(sizes), x.shape[1]), dtype=acc)
         start = 0

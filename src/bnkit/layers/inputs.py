@@ -69,9 +69,10 @@ def check_input(
         sizes = BF.ghost_sizes(x.shape[0], state.policy.ghost_size)
         if len(sizes) > 1 and min(sizes) * per_sample <= 1:
             raise InputError(
-                f"layer {label!r}: ghost batches of at most {state.policy.ghost_size} samples "
-                f"split this batch of {x.shape[0]} into groups of {_sizes(sizes)}, and a group "
-                f"of 1 sample has 1 value per channel (input shape {tuple(x.shape)}); use "
+                f"layer {label!r} needs more than 1 value per channel in every ghost batch: "
+                f"ghost batches of at most {state.policy.ghost_size} samples split this batch "
+                f"of {x.shape[0]} into groups of {_sizes(sizes)}, and a group of 1 sample has "
+                f"1 value per channel (input shape {tuple(x.shape)}); use "
                 f"{_fix(x.shape[0], state.policy.ghost_size)}"
             )
     if BF.values_per_channel(x) <= 1:
