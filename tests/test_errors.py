@@ -112,3 +112,44 @@ def test_nonfinite_guard_keeps_backward_working(
     y.sum().backward()
     assert x.grad is not None
     assert all(torch.equal(a, b) for a, b in zip(before, state(model), strict=True))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: bnkit.apply(m, "frozen"),
+        lambda m: bnkit.freeze(m),
+        lambda m: bnkit.check(m),
+        lambda m: bnkit.report(m),
+        lambda m: bnkit.fuse(m),
+        lambda m: bnkit.capture_stats(m),
+        lambda m: bnkit.recalibrate(m, [torch.randn(2, 3)], progress=False),
+        lambda m: bnkit.synchronize(m),
+        lambda m: bnkit.to_frozen(m),
+    ],
+)
+def test_something_that_is_not_a_module_gets_a_clear_error(call: object) -> None:
+    with pytest.raises(bnkit.BNKitError, match=r"expected a torch\.nn\.Module"):
+        call([nn.BatchNorm1d(3)])  # type: ignore[operator]
+
+
+def test_preset_names_and_registrations_of_the_wrong_type() -> None:
+    with pytest.raises(bnkit.PolicyError, match=r"a preset name is a string .got list"):
+        bnkit.preset(["frozen"])  # type: ignore[arg-type]
+    with pytest.raises(bnkit.PolicyError, match=r"needs a bnkit\.Policy .got str 'frozen'"):
+        bnkit.register_preset("mine", "frozen")  # type: ignore[arg-type]
+    with pytest.raises(bnkit.PolicyError, match=r"expected a bnkit\.Policy or a preset name"):
+        bnkit.apply(nn.BatchNorm1d(2), 3)  # type: ignore[arg-type]
+    assert "mine" not in bnkit.presets()
+
+
+@pytest.mark.parametrize("bad", ["gamma_only", "lazy"])
+def test_synchronize_checks_every_layer_before_changing_any(bad: str) -> None:
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3))
+    if bad == "gamma_only":
+        model[1].weight.requires_grad_(False)
+    else:
+        model[1] = nn.LazyBatchNorm1d()
+    with pytest.raises(bnkit.LayerError):
+        bnkit.synchronize(model)
+    assert type(model[0]) is nn.BatchNorm1d and not bnkit.distributed.is_synchronized(model[0])

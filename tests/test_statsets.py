@@ -118,3 +118,39 @@ def test_wrapped_models_use_the_inner_names(tmp_path: object) -> None:
     assert bnkit.capture_stats(wrapped) == bnkit.capture_stats(model)
     bnkit.load_stats(wrapped, bnkit.capture_stats(small_cnn(seed=5)))
     assert bnkit.capture_stats(model) == bnkit.capture_stats(small_cnn(seed=5))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda t: t.fill_(float("nan")), "has NaN/Inf values"),
+        (lambda t: t.fill_(-1.0), "negative values"),
+        (lambda t: torch.empty_like(t, device="meta"), "meta tensor"),
+        (lambda t: t.to(torch.int64), "must be floating point"),
+    ],
+    ids=["nan", "negative", "meta", "int"],
+)
+def test_load_refuses_bad_values_before_copying_anything(bad: object, message: str) -> None:
+    model = small_cnn()
+    stats = dict(bnkit.capture_stats(small_cnn(seed=1)))
+    last = [k for k in stats if k.endswith("running_var")][-1]  # the last layer: the others first
+    stats[last] = bad(stats[last].clone())  # type: ignore[operator]
+    before = state(model)
+    with pytest.raises(bnkit.errors.StatsError, match=message):
+        bnkit.load_stats(model, bnkit.StatSet(stats))
+    assert_same_state(state(model), before)
+
+
+def test_a_copy_that_fails_part_way_puts_every_layer_back() -> None:
+    model = small_cnn()
+    source = small_cnn(seed=1)
+    for layer in (source[1], source[4]):
+        layer.num_batches_tracked.fill_(7)  # counters get copied too, and put back
+    stats = bnkit.capture_stats(source)
+    last = model[9]
+    # a buffer that cannot be written: every element is one memory location
+    last.running_var = last.running_var[:1].clone().expand_as(last.running_var)
+    before = state(model)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        bnkit.load_stats(model, stats)
+    assert_same_state(state(model), before)

@@ -103,3 +103,52 @@ def test_tent_needs_affine_parameters() -> None:
         bnkit.tent(model)
     with pytest.raises(bnkit.PolicyError, match="steps must be at least 1"):
         bnkit.tent(source_model(), steps=0)
+
+
+def _snapshot(model: nn.Module) -> tuple[list[type], list[bool], list[torch.Tensor]]:
+    return (
+        [type(m) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [t.clone() for t in model.state_dict().values()],
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -1.0}, "lr must be a positive finite number"),
+        ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"steps": 1.5}, "steps must be at least 1"),
+        ({"optimizer": "adam"}, "optimizer must be a torch.optim.Optimizer"),
+    ],
+)
+def test_bad_settings_change_nothing(kwargs: dict[str, object], message: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval()
+    before = _snapshot(model)
+    with pytest.raises(bnkit.PolicyError, match=message):
+        bnkit.tent(model, **kwargs)
+    after = _snapshot(model)
+    assert before[:2] == after[:2] and all(map(torch.equal, before[2], after[2]))
+
+
+def test_an_optimizer_over_other_parameters_is_refused_before_anything_changes() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval()
+    before = _snapshot(model)
+    with pytest.raises(bnkit.PolicyError, match="holds none of the adapted parameters"):
+        bnkit.tent(model, optimizer=torch.optim.SGD(model[0].parameters(), lr=0.1))
+    assert _snapshot(model)[:2] == before[:2]
+
+
+def test_a_model_with_a_frozen_export_inside_adapts_its_other_layers() -> None:
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+    ).eval()
+    bnkit.to_frozen(model, where="1")
+    with bnkit.tent(model, lr=1e-2) as adapt:
+        adapt(torch.randn(16, 4))
+        assert bnkit.policy_of(model[3]) == bnkit.preset("batch_stats")
+        assert [p.requires_grad for p in model.parameters()] == [False] * 4 + [True] * 2 + [
+            False
+        ] * 2
+    assert bnkit.managed_layers(model) == []
+    assert all(p.requires_grad for p in model.parameters())

@@ -21,17 +21,20 @@ from typing import Any, TypeVar
 import torch.nn as nn
 
 from bnkit.apply import policy_of
+from bnkit.errors import PolicyError
 from bnkit.layers.manage import manage_all
 from bnkit.layers.select import Where, select, targets
 from bnkit.layers.state import ATTR, state_of
-from bnkit.layers.sync import WORLD, GroupRef
+from bnkit.layers.sync import SyncSpec
 
 __all__ = ["desynchronize", "is_synchronized", "synchronize"]
 
 M = TypeVar("M", bound=nn.Module)
 
 
-def synchronize(model: M, group: Any = None, where: Where = None) -> M:
+def synchronize(
+    model: M, group: Any = None, where: Where = None, *, timeout: float | None = None
+) -> M:
     """Synchronize batch statistics of the selected layers across the ranks of ``group``.
 
     Every selected layer whose policy normalizes with batch statistics (plain batch statistics,
@@ -43,10 +46,15 @@ def synchronize(model: M, group: Any = None, where: Where = None) -> M:
     rank must run the same forwards and backwards, as with DDP. Every layer is checked before
     any changes.
 
+    A rank that fails, runs out of data or skips a forward leaves the others waiting at their
+    next exchange: they raise :class:`~bnkit.errors.DistributedError` (naming the layer) after
+    ``timeout`` seconds, or the process group's own timeout.
+
     Args:
         model: the model (DDP and compiled wrappers are seen through).
         group: a process group; the default group if None.
         where: which layers; all if None.
+        timeout: seconds one rank waits for the others at one exchange (None: the group's).
 
     Examples:
         >>> import torch.nn as nn, bnkit
@@ -57,7 +65,9 @@ def synchronize(model: M, group: Any = None, where: Where = None) -> M:
     layers = targets(model, where)
     plain = [(name, layer, policy_of(layer)) for name, layer in layers if state_of(layer) is None]
     manage_all(plain)
-    marker = WORLD if group is None else GroupRef(group)
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise PolicyError(f"timeout must be a positive number of seconds (got {timeout!r})")
+    marker = SyncSpec(group, None if timeout is None else float(timeout))
     for _, layer in layers:
         state = state_of(layer)
         assert state is not None
@@ -77,4 +87,4 @@ def desynchronize(model: M, where: Where = None) -> M:
 def is_synchronized(layer: nn.Module) -> bool:
     """Whether :func:`synchronize` was applied to this layer."""
     state = state_of(layer)
-    return state is not None and state.sync is not None
+    return state is not None and state.sync is not None and not state.sync.local

@@ -16,6 +16,9 @@ when one is involved. The hierarchy::
     │                                a recalibration pass that cannot give the statistics asked
     ├── StatsError (KeyError)        a statistic set that does not fit the model, or an
     │                                unknown set name
+    ├── DistributedError (RuntimeError)
+    │                                an exchange with the other ranks failed or waited too
+    │                                long (another rank failed or ran short)
     └── StudyError (ValueError)      a study grid, model or data set that ``bnkit study``
                                      cannot run (bad config, missing folders, no BatchNorm)
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "BNKitError",
     "DiagnosticError",
+    "DistributedError",
     "FuseWarning",
     "InputError",
     "LayerError",
@@ -84,6 +88,10 @@ class StatsError(BNKitError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class DistributedError(BNKitError, RuntimeError):
+    """An exchange with the other ranks failed or waited past its limit."""
 
 
 class StudyError(BNKitError, ValueError):

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch.nn as nn
 
 from bnkit.layers.state import ATTR, ManagedState, Original
+from bnkit.layers.sync import SyncSpec
 from bnkit.policy import Normalize, Policy, Update
 
 __all__ = ["LayerState", "Plan", "upgrade"]
@@ -45,7 +46,7 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     old: Policy = state.pop("_bnkit_policy")
     original: LayerState = state.pop("_bnkit_original")
     name: str = state.pop("_bnkit_name", "")
-    sync = state.pop("_bnkit_sync", None)
+    sync = None if state.pop("_bnkit_sync", None) is None else SyncSpec()  # 0.1: "world"
     for key in [k for k in state if k.startswith(("_bnkit_plan", "_bnkitprobe"))]:
         del state[key]
     # 0.1 gave every policy a momentum (0.1 unless named), which the layer's ``momentum``

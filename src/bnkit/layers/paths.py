@@ -8,7 +8,6 @@ folds what the plan says into the running statistics through an
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,21 +18,23 @@ from bnkit import functional as BF
 from bnkit.layers.inputs import check_input
 from bnkit.layers.probe import ACTIVE, mark
 from bnkit.layers.state import ATTR, ManagedState, Plan
-from bnkit.layers.sync import global_moments, group_of
+from bnkit.layers.sync import Exchange, exchange_for, global_moments
 from bnkit.layers.update import Update, running
 from bnkit.policy import Normalize
 
 __all__ = ["run"]
 
 Affine = tuple[Tensor | None, Tensor | None]
+Peers = Exchange | None
+"""The other ranks to share batch statistics with (None: this rank alone)."""
 
 
 def run(layer: _BatchNorm, x: Tensor, dims: tuple[int, int] | None) -> Tensor:
     """One forward of a managed layer (``dims``: its input ranks; None: its own check)."""
     state: ManagedState = vars(layer)[ATTR]
     plan = state.train if layer.training else state.eval
-    group = group_of(layer, state.sync)
-    check_input(layer, state, plan, x, dims, group is not None)
+    ex = exchange_for(layer, state.sync, state.label(layer))
+    check_input(layer, state, plan, x, dims, ex is not None)
     if ACTIVE:
         mark(layer)
     weight: Tensor | None = layer.weight
@@ -44,25 +45,30 @@ def run(layer: _BatchNorm, x: Tensor, dims: tuple[int, int] | None) -> Tensor:
     affine = (weight, bias)
     mode = plan.mode
     if mode is Normalize.BATCH:
-        return _batch(layer, state, plan, x, affine, group)
-    if x.numel() == 0 and group is None:
+        return _batch(layer, state, plan, x, affine, ex)
+    if x.numel() == 0 and ex is None:
         return _empty(layer, plan, x, affine)
     if mode is Normalize.RUNNING:
-        return _running(layer, state, plan, x, affine, group)
+        return _running(layer, state, plan, x, affine, ex)
     if mode is Normalize.RENORM:
-        return _renorm(layer, state, plan, x, affine, group)
+        return _renorm(layer, state, plan, x, affine, ex)
     if mode is Normalize.GHOST:
         return _ghost(layer, state, plan, x, affine)
-    return _prior(layer, state, plan, x, affine, group)
+    return _prior(layer, state, plan, x, affine, ex)
 
 
 def _batch(
-    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+    layer: _BatchNorm,
+    state: ManagedState,
+    plan: Plan,
+    x: Tensor,
+    affine: Affine,
+    ex: Peers,
 ) -> Tensor:
     """Batch statistics (over all ranks when synchronized), updating in the same kernel."""
     weight, bias = affine
-    if group is not None and x.device.type != "cuda":
-        mean, var, n, _ = global_moments(x, group)
+    if ex is not None and x.device.type != "cuda":
+        mean, var, n, _ = global_moments(x, ex)
         out = BF.affine_normalize(x, mean, var, weight, bias, layer.eps).to(x.dtype)
         if plan.update:
             update = Update(layer, state, plan)
@@ -70,13 +76,13 @@ def _batch(
             update.commit()
         return out
     if not plan.update:
-        return _kernel(layer, x, weight, bias, None, None, 0.0, group)
+        return _kernel(layer, x, weight, bias, None, None, 0.0, ex)
     update = Update(layer, state, plan)
     if isinstance(update.factor, Tensor):  # a cumulative factor on the device (compiled)
-        out = _kernel(layer, x, weight, bias, None, None, 0.0, group)
+        out = _kernel(layer, x, weight, bias, None, None, 0.0, ex)
         BF.update_running_stats(x, update.mean, update.var, update.factor)
     else:
-        out = _kernel(layer, x, weight, bias, update.mean, update.var, update.factor, group)
+        out = _kernel(layer, x, weight, bias, update.mean, update.var, update.factor, ex)
     update.commit()
     return out
 
@@ -89,18 +95,18 @@ def _kernel(
     running_mean: Tensor | None,
     running_var: Tensor | None,
     factor: float,
-    group: Any,
+    ex: Peers,
 ) -> Tensor:
     """BatchNorm's own kernel on batch statistics; PyTorch's SyncBatchNorm one across ranks."""
-    if group is None:
+    if ex is None:
         return BF.normalize_with_batch(
             x, weight, bias, layer.eps, running_mean, running_var, factor
         )
     from torch.nn.modules._functions import SyncBatchNorm as _SyncFn
 
     out: Tensor = _SyncFn.apply(  # type: ignore[no-untyped-call]
-        x, weight, bias, running_mean, running_var, layer.eps, factor, group,
-        dist.get_world_size(group),
+        x, weight, bias, running_mean, running_var, layer.eps, factor, ex.group,
+        dist.get_world_size(ex.group),
     )  # fmt: skip
     return out
 
@@ -119,7 +125,12 @@ def _empty(layer: _BatchNorm, plan: Plan, x: Tensor, affine: Affine) -> Tensor:
 
 
 def _running(
-    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+    layer: _BatchNorm,
+    state: ManagedState,
+    plan: Plan,
+    x: Tensor,
+    affine: Affine,
+    ex: Peers,
 ) -> Tensor:
     """Running statistics; an update uses the batch but the output the statistics from before."""
     mean, var = running(layer, state)
@@ -127,9 +138,9 @@ def _running(
         return BF.normalize(x, mean, var, *affine, layer.eps)
     used_mean, used_var = BF.snapshot(mean), BF.snapshot(var)
     update = Update(layer, state, plan)
-    if group is not None:
+    if ex is not None:
         with torch.no_grad():
-            batch_mean, batch_var, n, _ = global_moments(x.detach(), group)
+            batch_mean, batch_var, n, _ = global_moments(x.detach(), ex)
         update.fold(batch_mean, BF.unbiased(batch_var, n))
     else:
         BF.update_running_stats(x, update.mean, update.var, update.factor)
@@ -138,7 +149,12 @@ def _running(
 
 
 def _renorm(
-    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+    layer: _BatchNorm,
+    state: ManagedState,
+    plan: Plan,
+    x: Tensor,
+    affine: Affine,
+    ex: Peers,
 ) -> Tensor:
     """Batch renormalization: batch statistics corrected toward the running ones."""
     p = state.policy
@@ -149,11 +165,11 @@ def _renorm(
     r_limit, d_limit = BF.renorm_limits(
         0 if nbt is None else nbt, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp
     )
-    if group is None:
+    if ex is None:
         batch_mean, batch_var = BF.batch_stats(x)
         r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
         return _batch(layer, state, plan, x, BF.renorm_fold(*affine, r, d), None)
-    batch_mean, batch_var, n, _ = global_moments(x, group)
+    batch_mean, batch_var, n, _ = global_moments(x, ex)
     r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
     weight, bias = BF.renorm_fold(*affine, r, d)
     out = BF.affine_normalize(x, batch_mean, batch_var, weight, bias, layer.eps).to(x.dtype)
@@ -179,22 +195,27 @@ def _ghost(layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine
 
 
 def _prior(
-    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, group: Any
+    layer: _BatchNorm,
+    state: ManagedState,
+    plan: Plan,
+    x: Tensor,
+    affine: Affine,
+    ex: Peers,
 ) -> Tensor:
     """Running statistics mixed with the batch's (over all ranks when synchronized)."""
     strength = state.policy.prior_strength
     if strength == 0:
-        return _batch(layer, state, plan, x, affine, group)
+        return _batch(layer, state, plan, x, affine, ex)
     if math.isinf(strength):
-        return _running(layer, state, plan, x, affine, group)
+        return _running(layer, state, plan, x, affine, ex)
     running_mean, running_var = running(layer, state)
     if plan.update:
         running_mean, running_var = BF.snapshot(running_mean), BF.snapshot(running_var)
-    if group is not None or torch.compiler.is_compiling():
+    if ex is not None or torch.compiler.is_compiling():
         # Differentiable statistics: the exchange needs them, and compiled graphs fuse them
         # (the eager fast path is a custom autograd function).
-        if group is not None:
-            batch_mean, batch_var, n, samples = global_moments(x, group)
+        if ex is not None:
+            batch_mean, batch_var, n, samples = global_moments(x, ex)
         else:
             (batch_mean, batch_var), n, samples = BF.moments(x), BF.values_per_channel(x), len(x)
         w = BF.prior_weight(strength, samples)

@@ -8,10 +8,11 @@ put back as it was.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch.nn as nn
 
+from bnkit.layers.sync import SyncSpec
 from bnkit.policy import Affine, Normalize, Policy, Update
 
 __all__ = ["ATTR", "ManagedState", "Original", "Plan", "plan_for", "state_of"]
@@ -63,11 +64,13 @@ class ManagedState:
     """The layer before bnkit managed it (what :func:`bnkit.unfreeze` restores)."""
     train: Plan
     eval: Plan
-    sync: Any = None
-    """The process-group marker when :func:`bnkit.synchronize` was applied (else None)."""
+    sync: SyncSpec | None = None
+    """How the layer synchronizes when :func:`bnkit.synchronize` was applied (else None)."""
 
     @classmethod
-    def make(cls, policy: Policy, name: str, original: Original, sync: Any = None) -> ManagedState:
+    def make(
+        cls, policy: Policy, name: str, original: Original, sync: SyncSpec | None = None
+    ) -> ManagedState:
         """A state with the plans of ``policy``."""
         return cls(policy, name, original, plan_for(policy, True), plan_for(policy, False), sync)
 

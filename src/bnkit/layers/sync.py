@@ -11,62 +11,102 @@ gradient is what a single process would compute on the concatenated batch.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import datetime
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from bnkit.errors import InputError
+from bnkit.errors import DistributedError, InputError
 from bnkit.functional.stats import channel_dims, per_channel
 
-__all__ = ["WORLD", "GroupRef", "all_reduce_sum", "global_moments", "group_of", "resolve_group"]
-
-WORLD = "world"
-"""Marker for the default process group (resolved when the layer runs)."""
+__all__ = ["LOCAL", "Exchange", "SyncSpec", "all_reduce_sum", "exchange_for", "global_moments"]
 
 
-class GroupRef:
-    """A process group held by a layer: copied by reference, refused by pickle (with a reason)."""
+@dataclasses.dataclass(frozen=True)
+class SyncSpec:
+    """How a layer synchronizes: over which group, how long a rank waits for the others.
 
-    def __init__(self, group: Any) -> None:
-        self.group = group
+    A layer with a custom process group cannot be pickled (a group is a live connection);
+    ``local`` marks a layer that must not synchronize now (during a recalibration pass).
+    """
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> GroupRef:
+    group: Any = None
+    """The process group; None: the default (world) group, resolved when the layer runs."""
+    timeout: float | None = None
+    """Seconds one rank waits at one exchange for the other ranks (None: the group's own)."""
+    local: bool = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SyncSpec:
         return self
 
     def __reduce__(self) -> Any:
-        raise TypeError(
-            "a layer synchronized over a custom process group cannot be pickled; call "
-            "bnkit.desynchronize(model) before saving, and synchronize again after loading"
-        )
+        if self.group is not None:
+            raise TypeError(
+                "a layer synchronized over a custom process group cannot be pickled; call "
+                "bnkit.desynchronize(model) before saving, and synchronize again after loading"
+            )
+        return (SyncSpec, (None, self.timeout, self.local))
+
+
+LOCAL = SyncSpec(local=True)
+"""Never synchronize (what a recalibration pass puts on a layer while it runs)."""
+
+
+class Exchange(NamedTuple):
+    """A resolved synchronization: the live group, the wait limit, and the layer's name."""
+
+    group: Any
+    timeout: float | None
+    label: str
 
 
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks; its gradient is the sum over ranks of the gradients."""
 
     @staticmethod
-    def forward(ctx: Any, t: Tensor, group: Any) -> Tensor:
-        ctx.group = group
+    def forward(ctx: Any, t: Tensor, ex: Exchange) -> Tensor:
+        ctx.ex = ex
         out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        _all_reduce(out, ex, "batch statistics")
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        _all_reduce(grad, ctx.ex, "gradients of the batch statistics")
         return grad, None
 
 
-def all_reduce_sum(t: Tensor, group: Any) -> Tensor:
-    """A differentiable sum of ``t`` over the ranks of ``group``."""
-    out: Tensor = _AllReduceSum.apply(t, group)  # type: ignore[no-untyped-call]
+def _all_reduce(t: Tensor, ex: Exchange, what: str) -> None:
+    """Sum ``t`` over the ranks in place; a rank left waiting raises a clear error."""
+    try:
+        work = dist.all_reduce(t, op=dist.ReduceOp.SUM, group=ex.group, async_op=True)
+        assert work is not None
+        if ex.timeout is None:
+            work.wait()
+        else:
+            work.wait(timeout=datetime.timedelta(seconds=ex.timeout))
+    except RuntimeError as err:  # gloo/NCCL errors, timeouts included
+        ranks = dist.get_world_size(ex.group)
+        limit = f"{ex.timeout:g} s" if ex.timeout is not None else "the process group's timeout"
+        raise DistributedError(
+            f"layer {ex.label!r}: the exchange of {what} with the other {ranks - 1} rank(s) "
+            f"failed or waited past {limit}; another rank failed, ran out of data or skipped "
+            f"this forward (every rank must run the same forwards and backwards): {err}"
+        ) from err
+
+
+def all_reduce_sum(t: Tensor, ex: Exchange) -> Tensor:
+    """A differentiable sum of ``t`` over the ranks of ``ex.group``."""
+    out: Tensor = _AllReduceSum.apply(t, ex)  # type: ignore[no-untyped-call]
     return out
 
 
-def global_moments(x: Tensor, group: Any) -> tuple[Tensor, Tensor, int, int]:
+def global_moments(x: Tensor, ex: Exchange) -> tuple[Tensor, Tensor, int, int]:
     """Per-channel mean and biased variance over the batches of all ranks (differentiable).
 
     Returns ``(mean, var, values per channel, samples)``, the counts summed over ranks. Every
@@ -78,13 +118,13 @@ def global_moments(x: Tensor, group: Any) -> tuple[Tensor, Tensor, int, int]:
     n = x.numel() // x.shape[1] if x.shape[1] else 0
     counts = torch.tensor([float(n), float(x.shape[0])], dtype=acc, device=x.device)
     packed = torch.cat([x.sum(dims, dtype=acc), counts])
-    summed = all_reduce_sum(packed, group)
+    summed = all_reduce_sum(packed, ex)
     c = x.shape[1]
     total = int(summed[c].item())
     samples = int(summed[c + 1].item())
     mean = summed[:c] / max(total, 1)
     centered = x.to(acc) - per_channel(mean, x)
-    var = all_reduce_sum(centered.square().sum(dims), group) / max(total, 1)
+    var = all_reduce_sum(centered.square().sum(dims), ex) / max(total, 1)
     if total <= 1:
         raise InputError(
             f"synchronized batch statistics need more than 1 value per channel over all ranks "
@@ -93,19 +133,15 @@ def global_moments(x: Tensor, group: Any) -> tuple[Tensor, Tensor, int, int]:
     return mean, var, total, samples
 
 
-def resolve_group(marker: Any) -> Any:
-    """The process group a marker stands for now, or None (no group, or one rank)."""
-    if marker is None or not dist.is_available() or not dist.is_initialized():
+def exchange_for(layer: nn.Module, spec: SyncSpec | None, label: str) -> Exchange | None:
+    """How a managed layer synchronizes now: its :func:`bnkit.synchronize` spec, else the
+    ``process_group`` of an ``nn.SyncBatchNorm`` (the world when None); None without a process
+    group of several ranks."""
+    if spec is None and isinstance(layer, nn.SyncBatchNorm):
+        spec = SyncSpec(layer.process_group)
+    if spec is None or spec.local or not dist.is_available() or not dist.is_initialized():
         return None
-    group = marker.group if isinstance(marker, GroupRef) else dist.group.WORLD
+    group = spec.group if spec.group is not None else dist.group.WORLD
     if dist.get_world_size(group) <= 1:
         return None
-    return group
-
-
-def group_of(layer: nn.Module, marker: Any) -> Any:
-    """The group a managed layer synchronizes over now: its :func:`bnkit.synchronize` marker,
-    else the ``process_group`` of an ``nn.SyncBatchNorm`` (the world when None)."""
-    if marker is None and isinstance(layer, nn.SyncBatchNorm):
-        marker = GroupRef(layer.process_group) if layer.process_group else WORLD
-    return resolve_group(marker)
+    return Exchange(group, spec.timeout, label)

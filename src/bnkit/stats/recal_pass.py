@@ -25,6 +25,8 @@ from bnkit.apply import using
 from bnkit.errors import RecalibrationError
 from bnkit.functional import values_per_channel
 from bnkit.layers.select import unwrap
+from bnkit.layers.state import ATTR, state_of
+from bnkit.layers.sync import LOCAL
 from bnkit.stats.estimators import Estimator
 
 __all__ = ["Pass", "StopForward"]
@@ -95,6 +97,12 @@ class Pass:
                 self._stack.enter_context(
                     using(self.model, self.estimator.policy, where=lambda _, m: id(m) in native)
                 )
+                # Each rank keeps its own sums and finish() merges them once, so no layer may
+                # exchange batch statistics during the pass (using() puts the old state back).
+                for layer in self.layers:
+                    state = state_of(layer.module)
+                    if state is not None:
+                        vars(layer.module)[ATTR] = dataclasses.replace(state, sync=LOCAL)
             for layer in self.layers:
                 module = layer.module
                 handles = [module.register_forward_pre_hook(self._before)]

@@ -11,6 +11,7 @@ process-wide list of classes ``weights_only`` accepts.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -209,9 +210,11 @@ def check_fits(model: nn.Module, stats: StatSet, strict: bool = True) -> list[nn
     found = []
     for name in stats.layers:
         layer, entry = layers[name], stats.layer(name)
-        for field in _FIELDS[:2]:
-            have = getattr(layer, field).shape
-            got = getattr(entry, field).shape
+        for field in _FIELDS:
+            have_t, got_t = getattr(layer, field, None), getattr(entry, field)
+            if have_t is None or got_t is None:
+                continue  # a counter the model or the set lacks
+            have, got = have_t.shape, got_t.shape
             if have != got:
                 raise StatsError(
                     f"layer {name!r}: {field} has shape {tuple(have)} in the model but "
@@ -241,9 +244,11 @@ def load_stats(model: M, stats: StatSet, *, strict: bool = True, check_values: b
     layers = check_fits(model, stats, strict)
     for name in stats.layers:
         _check_entry(name, stats.layer(name), check_values)
-    saved = [
-        [b.detach().clone() for b in (_tensor(layer, f) for f in _FIELDS[:2])] for layer in layers
-    ]
+    buffers = [
+        t for layer in layers for t in (getattr(layer, f, None) for f in _FIELDS)
+        if isinstance(t, Tensor)
+    ]  # fmt: skip
+    saved = [t.detach().clone() for t in buffers]
     try:
         with torch.no_grad():
             for name, layer in zip(stats.layers, layers, strict=True):
@@ -255,9 +260,9 @@ def load_stats(model: M, stats: StatSet, *, strict: bool = True, check_values: b
                     counter.copy_(entry.num_batches_tracked)
     except BaseException:
         with torch.no_grad():
-            for layer, (mean, var) in zip(layers, saved, strict=True):
-                _tensor(layer, "running_mean").copy_(mean)
-                _tensor(layer, "running_var").copy_(var)
+            for buffer, value in zip(buffers, saved, strict=True):
+                with contextlib.suppress(RuntimeError):  # the buffer that failed
+                    buffer.copy_(value)
         raise
     return model
 
