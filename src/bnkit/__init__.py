@@ -23,6 +23,7 @@ from bnkit.layers import register_layer
 from bnkit.policy import Policy, preset, presets, register_preset
 from bnkit.stats import StatSet, capture_stats, load_stats, recalibrate, stat_bank
 from bnkit.tent import Tent, tent
+from bnkit.training import accumulate, mask
 
 __all__ = [
     "BNKitError",
@@ -33,6 +34,7 @@ __all__ = [
     "StatSet",
     "Tent",
     "__version__",
+    "accumulate",
     "apply",
     "bn_layers",
     "capture_stats",
@@ -45,6 +47,7 @@ __all__ = [
     "fuse",
     "load_stats",
     "managed_layers",
+    "mask",
     "policy_of",
     "preset",
     "presets",

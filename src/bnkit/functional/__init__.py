@@ -29,6 +29,17 @@ the biased one. The factor is ``momentum`` for an EMA update (PyTorch's conventi
 of the new batch, so 0.1 in PyTorch is 0.9 in Keras) and :math:`1/k` on the :math:`k`-th update
 for a cumulative one.
 
+Statistics of several batches (micro-batches held back for one optimizer step, ranks) pool
+exactly (:func:`pool_into`): with :math:`n_b` values, mean :math:`m_b` and biased variance
+:math:`v_b` per batch and :math:`N = \sum_b n_b`,
+
+.. math::
+
+    \mu = \frac{1}{N}\sum_b n_b m_b, \qquad
+    \sigma^2 = \frac{1}{N}\sum_b n_b \left(v_b + (m_b - \mu)^2\right)
+
+the statistics of the batches concatenated.
+
 The strategies beyond plain BatchNorm:
 
 * **Batch renormalization** (Ioffe 2017; :func:`renorm_correction`, :func:`renorm_limits`)
@@ -60,12 +71,15 @@ from bnkit.functional.normalize import (
     normalize,
     normalize_with_batch,
     snapshot,
+    transformed,
     update_running_stats,
 )
 from bnkit.functional.stats import (
     batch_stats,
     ema,
+    masked_moments,
     moments,
+    pool_into,
     unbiased,
     values_per_channel,
 )
@@ -88,16 +102,19 @@ __all__ = [
     "ghost_normalize",
     "ghost_sizes",
     "ghost_update_stats",
+    "masked_moments",
     "mixed_normalize",
     "moments",
     "normalize",
     "normalize_with_batch",
+    "pool_into",
     "prior_mix",
     "prior_weight",
     "renorm_correction",
     "renorm_fold",
     "renorm_limits",
     "snapshot",
+    "transformed",
     "unbiased",
     "update_running_stats",
     "values_per_channel",

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnkit.functional.stats import ema, per_channel, unbiased, values_per_channel
+from bnkit.functional.stats import batch_stats, ema, per_channel, unbiased, values_per_channel
 
 __all__ = [
     "affine_normalize",
     "normalize",
     "normalize_with_batch",
     "snapshot",
+    "transformed",
     "update_running_stats",
 ]
 
@@ -34,6 +35,11 @@ if hasattr(torch.library, "custom_op"):
     _snapshot_op = _op
 else:  # pragma: no cover - torch < 2.4
     _snapshot_op = _snapshot_impl
+
+
+def transformed() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad`` ...) is running this code."""
+    return torch._C._functorch.maybe_current_level() is not None
 
 
 def snapshot(t: Tensor) -> Tensor:
@@ -104,7 +110,7 @@ def update_running_stats(
         if isinstance(factor, Tensor) or torch.compiler.is_compiling():
             # torch.batch_norm_update_stats writes its buffers without declaring it, so a traced
             # graph would drop the write: spell the update out instead.
-            mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+            mean, var = batch_stats(x)
             ema(running_mean, mean, factor, inplace=True)
             ema(running_var, unbiased(var, values_per_channel(x)), factor, inplace=True)
         else:

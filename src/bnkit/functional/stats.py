@@ -12,8 +12,10 @@ __all__ = [
     "batch_stats",
     "channel_dims",
     "ema",
+    "masked_moments",
     "moments",
     "per_channel",
+    "pool_into",
     "unbiased",
     "values_per_channel",
 ]
@@ -41,9 +43,15 @@ def per_channel(v: Tensor, x: Tensor) -> Tensor:
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel batch mean and biased variance of ``x`` (BatchNorm's kernel, no graph).
 
-    Half-precision inputs give float32 statistics, as BatchNorm accumulates them.
+    Half-precision inputs give float32 statistics, as BatchNorm accumulates them. Compiled
+    graphs get the same numbers from ``var_mean`` (BatchNorm's statistics kernel has no
+    symbolic-shape implementation, so it would split graphs of varying batch sizes).
     """
     with torch.no_grad():
+        if torch.compiler.is_compiling():
+            acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            var, mean = torch.var_mean(x.to(acc), channel_dims(x), correction=0)
+            return mean, var
         mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
     return mean, var
 
@@ -54,6 +62,19 @@ def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     mean = x.mean(dims)
     var = (x - per_channel(mean, x)).square().mean(dims)
     return mean, var
+
+
+def masked_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and biased variance of an ``(N, C, L)`` input over the positions where
+    ``mask`` (``(N, L)``) is True, differentiable; returns them and the number of such values.
+    """
+    w = mask[:, None, :].to(x.dtype if x.is_floating_point() else torch.float32)
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    n = mask.sum().to(acc)
+    xw = x.to(acc) * w
+    mean = xw.sum((0, 2)) / n
+    var = ((x.to(acc) - mean[None, :, None]).square() * w).sum((0, 2)) / n
+    return mean, var, n
 
 
 def unbiased(var: Tensor, n: int | Tensor) -> Tensor:
@@ -74,3 +95,27 @@ def ema(running: Tensor, new: Tensor, factor: float | Tensor, *, inplace: bool =
     if inplace:
         return running.mul_(1 - factor).add_(factor * new)
     return running * (1 - factor) + factor * new
+
+
+def pool_into(
+    count: Tensor, mean: Tensor, m2: Tensor, n: int | Tensor, batch_mean: Tensor, batch_var: Tensor
+) -> None:
+    r"""Merge a batch into pooled statistics in place (Chan et al.'s update).
+
+    With ``count`` values so far, their ``mean`` and ``m2`` (the sum of squared deviations from
+    it), and a batch of :math:`n` values with mean :math:`m_b` and biased variance :math:`v_b`:
+
+    .. math::
+
+        N' = N + n, \quad \delta = m_b - \mu, \quad \mu' = \mu + \delta\,\frac{n}{N'}, \quad
+        M_2' = M_2 + n\,v_b + \delta^2\,\frac{N n}{N'}
+
+    so that after any number of batches ``mean`` and ``m2 / count`` are exactly the mean and
+    biased variance of all their values concatenated.
+    """
+    n_t = torch.as_tensor(n, dtype=count.dtype, device=count.device)
+    total = count + n_t
+    delta = batch_mean.to(mean.dtype) - mean
+    mean.add_(delta * (n_t / total))
+    m2.add_(batch_var.to(m2.dtype) * n_t + delta.square() * (count * n_t / total))
+    count.copy_(total)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from bnkit.functional import _autograd
+from bnkit.functional.normalize import transformed
 from bnkit.functional.stats import batch_stats, unbiased
 
 __all__ = [
@@ -93,7 +94,7 @@ def ghost_normalize(
     Returns the output and, per group, the mean and the biased variance (shape ``(G, C)``,
     float32 for half-precision input).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or transformed():
         y, means, invstds = _autograd.ghost_composite(x, weight, bias, sizes, eps)
     else:
         stats: list[Tensor] = []

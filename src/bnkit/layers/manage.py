@@ -7,6 +7,7 @@ changes, so a refusal leaves the model as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -18,7 +19,7 @@ from bnkit.layers.adapters import Verdict, route
 from bnkit.layers.managed import managed_class, original_class
 from bnkit.layers.probe import refresh, refusal
 from bnkit.layers.select import lazy_reason
-from bnkit.layers.state import ATTR, ManagedState, state_of
+from bnkit.layers.state import ATTR, ManagedState, plan_for, state_of
 from bnkit.layers.surgery import original_of, restore
 from bnkit.policy import Affine, Policy, Update
 
@@ -120,7 +121,6 @@ def manage(layer: nn.Module, policy: Policy, name: str) -> None:
     assert isinstance(layer, _BatchNorm)
     old = state_of(layer)
     original = old.original if old is not None else original_of(layer)
-    sync = old.sync if old is not None else None
     if old is None:
         layer.__class__ = managed_class(type(layer))
     if policy.momentum is not None:
@@ -135,7 +135,12 @@ def manage(layer: nn.Module, policy: Policy, name: str) -> None:
     for param in (layer.weight, layer.bias):
         if param is not None:
             param.requires_grad_(trainable)
-    vars(layer)[ATTR] = ManagedState.make(policy, name, original, sync)
+    if old is None:
+        vars(layer)[ATTR] = ManagedState.make(policy, name, original)
+    else:  # a new policy; synchronization, held-back updates and a mask stay
+        train, evaluate = plan_for(policy, True), plan_for(policy, False)
+        new = dataclasses.replace(old, policy=policy, name=name, train=train, eval=evaluate)
+        vars(layer)[ATTR] = new
     refresh(layer)
 
 

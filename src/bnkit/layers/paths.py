@@ -1,8 +1,10 @@
 """The forward of a managed layer: its plan picks the statistics, :mod:`bnkit.functional` computes.
 
-One function per kind of statistics (batch, running, renorm, ghost, prior); each normalizes, and
-folds what the plan says into the running statistics through an
-:class:`~bnkit.layers.update.Update`.
+One function per kind of statistics (batch, running, renorm, ghost, prior); each normalizes and
+hands what the plan says to fold into the running statistics to an
+:class:`~bnkit.layers.update.Update`. Inputs with a mask (padded sequences) take
+:mod:`bnkit.layers.masked` instead; a recomputed forward (activation checkpointing) replays the
+statistics the first one read and updates nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnkit import functional as BF
+from bnkit.layers import masked
 from bnkit.layers.inputs import check_input
 from bnkit.layers.probe import ACTIVE, mark
+from bnkit.layers.recompute import recomputing, replay
 from bnkit.layers.state import ATTR, ManagedState, Plan
 from bnkit.layers.sync import Exchange, exchange_for, global_moments
 from bnkit.layers.update import Update, running
@@ -42,7 +46,19 @@ def run(layer: _BatchNorm, x: Tensor, dims: tuple[int, int] | None) -> Tensor:
     if plan.frozen_affine:
         weight = None if weight is None else weight.detach()
         bias = None if bias is None else bias.detach()
-    affine = (weight, bias)
+    if not recomputing():
+        return _dispatch(layer, state, plan, x, (weight, bias), ex)
+    # The same ops as the first forward (checkpointing compares what they save), on the
+    # statistics it read; its update goes to scratch copies (see Update).
+    with replay(layer, plan.mode is not Normalize.BATCH):
+        return _dispatch(layer, state, plan, x, (weight, bias), ex)
+
+
+def _dispatch(
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
+) -> Tensor:
+    if state.mask is not None:
+        return masked.run(layer, state, plan, x, affine, ex)
     mode = plan.mode
     if mode is Normalize.BATCH:
         return _batch(layer, state, plan, x, affine, ex)
@@ -58,12 +74,7 @@ def run(layer: _BatchNorm, x: Tensor, dims: tuple[int, int] | None) -> Tensor:
 
 
 def _batch(
-    layer: _BatchNorm,
-    state: ManagedState,
-    plan: Plan,
-    x: Tensor,
-    affine: Affine,
-    ex: Peers,
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
 ) -> Tensor:
     """Batch statistics (over all ranks when synchronized), updating in the same kernel."""
     weight, bias = affine
@@ -72,13 +83,16 @@ def _batch(
         out = BF.affine_normalize(x, mean, var, weight, bias, layer.eps).to(x.dtype)
         if plan.update:
             update = Update(layer, state, plan)
-            update.fold(mean, BF.unbiased(var, n))
+            update.fold(mean, var, n)
             update.commit()
         return out
     if not plan.update:
         return _kernel(layer, x, weight, bias, None, None, 0.0, ex)
     update = Update(layer, state, plan)
-    if isinstance(update.factor, Tensor):  # a cumulative factor on the device (compiled)
+    if update.deferred:
+        out = _kernel(layer, x, weight, bias, None, None, 0.0, ex)
+        update.observe(x, ex)
+    elif isinstance(update.factor, Tensor):  # a cumulative factor on the device (compiled)
         out = _kernel(layer, x, weight, bias, None, None, 0.0, ex)
         BF.update_running_stats(x, update.mean, update.var, update.factor)
     else:
@@ -119,18 +133,13 @@ def _empty(layer: _BatchNorm, plan: Plan, x: Tensor, affine: Affine) -> Tensor:
     else:
         out = BF.normalize(x, mean, var, *affine, layer.eps)
     nbt = layer.num_batches_tracked
-    if plan.update and nbt is not None:
+    if plan.update and nbt is not None and not recomputing():
         nbt.add_(1)
     return out
 
 
 def _running(
-    layer: _BatchNorm,
-    state: ManagedState,
-    plan: Plan,
-    x: Tensor,
-    affine: Affine,
-    ex: Peers,
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
 ) -> Tensor:
     """Running statistics; an update uses the batch but the output the statistics from before."""
     mean, var = running(layer, state)
@@ -138,33 +147,33 @@ def _running(
         return BF.normalize(x, mean, var, *affine, layer.eps)
     used_mean, used_var = BF.snapshot(mean), BF.snapshot(var)
     update = Update(layer, state, plan)
-    if ex is not None:
+    if update.deferred:
+        update.observe(x, ex)
+    elif ex is not None:
         with torch.no_grad():
             batch_mean, batch_var, n, _ = global_moments(x.detach(), ex)
-        update.fold(batch_mean, BF.unbiased(batch_var, n))
+        update.fold(batch_mean, batch_var, n)
     else:
         BF.update_running_stats(x, update.mean, update.var, update.factor)
     update.commit()
     return BF.normalize(x, used_mean, used_var, *affine, layer.eps)
 
 
+def renorm_limits(layer: _BatchNorm, state: ManagedState) -> tuple[float | Tensor, float | Tensor]:
+    """The renorm limits after the layer's updates so far (on the device when counted)."""
+    p, nbt = state.policy, layer.num_batches_tracked
+    step: int | Tensor = 0 if nbt is None else nbt
+    return BF.renorm_limits(step, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp)
+
+
 def _renorm(
-    layer: _BatchNorm,
-    state: ManagedState,
-    plan: Plan,
-    x: Tensor,
-    affine: Affine,
-    ex: Peers,
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
 ) -> Tensor:
     """Batch renormalization: batch statistics corrected toward the running ones."""
-    p = state.policy
     mean, var = running(layer, state)
     if plan.update:  # the update below must not change what r and d are computed from
         mean, var = BF.snapshot(mean), BF.snapshot(var)
-    nbt = layer.num_batches_tracked
-    r_limit, d_limit = BF.renorm_limits(
-        0 if nbt is None else nbt, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp
-    )
+    r_limit, d_limit = renorm_limits(layer, state)
     if ex is None:
         batch_mean, batch_var = BF.batch_stats(x)
         r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
@@ -175,7 +184,7 @@ def _renorm(
     out = BF.affine_normalize(x, batch_mean, batch_var, weight, bias, layer.eps).to(x.dtype)
     if plan.update:
         update = Update(layer, state, plan)
-        update.fold(batch_mean, BF.unbiased(batch_var, n))
+        update.fold(batch_mean, batch_var, n)
         update.commit()
     return out
 
@@ -189,18 +198,14 @@ def _ghost(layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine
     if plan.update:
         per_sample = BF.values_per_channel(x) // x.shape[0]
         update = Update(layer, state, plan)
-        update.fold(*BF.ghost_update_stats(means, variances, sizes, per_sample))
+        mean, var = BF.ghost_update_stats(means, variances, sizes, per_sample)
+        update.fold_within(mean, var, BF.values_per_channel(x))
         update.commit()
     return out
 
 
 def _prior(
-    layer: _BatchNorm,
-    state: ManagedState,
-    plan: Plan,
-    x: Tensor,
-    affine: Affine,
-    ex: Peers,
+    layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
 ) -> Tensor:
     """Running statistics mixed with the batch's (over all ranks when synchronized)."""
     strength = state.policy.prior_strength
@@ -211,9 +216,9 @@ def _prior(
     running_mean, running_var = running(layer, state)
     if plan.update:
         running_mean, running_var = BF.snapshot(running_mean), BF.snapshot(running_var)
-    if ex is not None or torch.compiler.is_compiling():
-        # Differentiable statistics: the exchange needs them, and compiled graphs fuse them
-        # (the eager fast path is a custom autograd function).
+    if ex is not None or _composite():
+        # Differentiable statistics: the exchange needs them, compiled graphs fuse them, and
+        # torch.func transforms need plain ops (the eager fast path is a custom function).
         if ex is not None:
             batch_mean, batch_var, n, samples = global_moments(x, ex)
         else:
@@ -228,6 +233,11 @@ def _prior(
         )
     if plan.update:
         update = Update(layer, state, plan)
-        update.fold(batch_mean, BF.unbiased(batch_var, n))
+        update.fold(batch_mean, batch_var, n)
         update.commit()
     return out
+
+
+def _composite() -> bool:
+    """Whether to use plain differentiable ops instead of bnkit's autograd functions."""
+    return torch.compiler.is_compiling() or BF.transformed()

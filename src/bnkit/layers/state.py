@@ -8,12 +8,16 @@ put back as it was.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch.nn as nn
+from torch import Tensor
 
 from bnkit.layers.sync import SyncSpec
 from bnkit.policy import Affine, Normalize, Policy, Update
+
+if TYPE_CHECKING:
+    from bnkit.layers.pending import Pending
 
 __all__ = ["ATTR", "ManagedState", "Original", "Plan", "plan_for", "state_of"]
 
@@ -66,6 +70,10 @@ class ManagedState:
     eval: Plan
     sync: SyncSpec | None = None
     """How the layer synchronizes when :func:`bnkit.synchronize` was applied (else None)."""
+    pending: Pending | None = None
+    """Where updates are held back inside :func:`bnkit.accumulate` (else None: applied now)."""
+    mask: Tensor | None = None
+    """Which positions of an ``(N, C, L)`` input are valid inside :func:`bnkit.mask`."""
 
     @classmethod
     def make(

@@ -106,25 +106,37 @@ def all_reduce_sum(t: Tensor, ex: Exchange) -> Tensor:
     return out
 
 
-def global_moments(x: Tensor, ex: Exchange) -> tuple[Tensor, Tensor, int, int]:
+def global_moments(
+    x: Tensor, ex: Exchange, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, int, int]:
     """Per-channel mean and biased variance over the batches of all ranks (differentiable).
 
-    Returns ``(mean, var, values per channel, samples)``, the counts summed over ranks. Every
-    rank takes part in both exchanges before any of them can fail, so a bad batch on one rank
-    fails all ranks alike instead of leaving the others waiting.
+    With ``mask`` (``(N, L)`` for an ``(N, C, L)`` input) only the positions where it is True
+    count. Returns ``(mean, var, values per channel, samples)``, the counts summed over ranks.
+    Every rank takes part in both exchanges before any of them can fail, so a bad batch on one
+    rank fails all ranks alike instead of leaving the others waiting.
     """
     dims = channel_dims(x)
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    n = x.numel() // x.shape[1] if x.shape[1] else 0
-    counts = torch.tensor([float(n), float(x.shape[0])], dtype=acc, device=x.device)
-    packed = torch.cat([x.sum(dims, dtype=acc), counts])
-    summed = all_reduce_sum(packed, ex)
+    xa = x.to(acc)
+    if mask is None:
+        weights = None
+        n = torch.tensor(float(x.numel() // x.shape[1] if x.shape[1] else 0), dtype=acc)
+        sums = xa.sum(dims)
+    else:
+        weights = mask[:, None, :].to(acc)
+        n = mask.sum().to(acc).cpu()
+        sums = (xa * weights).sum(dims)
+    counts = torch.stack([n, torch.tensor(float(x.shape[0]), dtype=acc)]).to(x.device)
+    summed = all_reduce_sum(torch.cat([sums, counts]), ex)
     c = x.shape[1]
     total = int(summed[c].item())
     samples = int(summed[c + 1].item())
     mean = summed[:c] / max(total, 1)
-    centered = x.to(acc) - per_channel(mean, x)
-    var = all_reduce_sum(centered.square().sum(dims), ex) / max(total, 1)
+    centered = (xa - per_channel(mean, x)).square()
+    if weights is not None:
+        centered = centered * weights
+    var = all_reduce_sum(centered.sum(dims), ex) / max(total, 1)
     if total <= 1:
         raise InputError(
             f"synchronized batch statistics need more than 1 value per channel over all ranks "

@@ -18,14 +18,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnkit import functional as BF
 from bnkit.errors import LayerError, NonFiniteBatchWarning
+from bnkit.layers.recompute import recomputing, remember
 from bnkit.layers.state import ManagedState, Plan
+from bnkit.layers.sync import Exchange, global_moments
+from bnkit.policy import Normalize
 
 __all__ = ["Update", "running", "sync_free"]
 
 
 def sync_free(t: Tensor) -> bool:
-    """Whether guards must avoid host synchronization (compiled graphs, accelerators)."""
-    return torch.compiler.is_compiling() or t.device.type != "cpu"
+    """Whether guards must avoid host reads (compiled graphs, torch.func, accelerators)."""
+    return torch.compiler.is_compiling() or BF.transformed() or t.device.type != "cpu"
 
 
 def running(layer: _BatchNorm, state: ManagedState) -> tuple[Tensor, Tensor]:
@@ -40,40 +43,75 @@ def running(layer: _BatchNorm, state: ManagedState) -> tuple[Tensor, Tensor]:
 
 
 class Update:
-    """One update of a layer's running statistics: the buffers to write, its factor, and the
-    commit that checks the result and counts it.
+    """One update of a layer's running statistics: where it goes, its factor, and the commit
+    that checks the result and counts it.
 
-    On CPU in eager mode the buffers themselves are written (and restored by :meth:`commit`
-    if the batch was not finite); elsewhere copies are written and :meth:`commit` selects
-    between them and the old values on the device.
+    On CPU in eager mode the buffers themselves are written (and restored by :meth:`commit` if
+    the batch was not finite); elsewhere copies are written and :meth:`commit` selects between
+    them and the old values on the device. Inside :func:`bnkit.accumulate` nothing is written:
+    the batch's statistics go to the layer's :class:`~bnkit.layers.pending.Pending`.
     """
 
     def __init__(self, layer: _BatchNorm, state: ManagedState, plan: Plan) -> None:
-        self.layer, self.state = layer, state
+        self.layer, self.state, self.plan = layer, state, plan
+        self.pending = state.pending
         mean, var = running(layer, state)
         self.sync_free = sync_free(mean)
-        if self.sync_free:
+        self.old = (mean.clone(), var.clone())
+        # A recomputed forward (activation checkpointing) runs the same ops on scratch copies.
+        self.scratch = recomputing()
+        if self.scratch or (self.sync_free and self.pending is None):
             self.mean, self.var = mean.clone(), var.clone()
-            self.old: tuple[Tensor, Tensor] | None = None
         else:
             self.mean, self.var = mean, var
-            self.old = (mean.clone(), var.clone())
-        self.factor = _factor(layer, plan)
+        self.factor = _factor(layer, plan) if self.pending is None else 0.0
 
-    def host_factor(self) -> float:
-        """The factor as a number (a cumulative factor read on the host)."""
-        f = self.factor
-        return f if isinstance(f, float) else float(f)
+    @property
+    def deferred(self) -> bool:
+        """Whether the update is held back for the optimizer step (inside ``accumulate``)."""
+        return self.pending is not None
 
-    def fold(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        """Fold a per-channel mean and unbiased variance into the buffers with the factor."""
+    def observe(self, x: Tensor, ex: Exchange | None) -> None:
+        """Hold back the statistics of the batch ``x`` (over all ranks when synchronized)."""
+        assert self.pending is not None
+        if self.scratch:
+            return
+        if ex is not None:
+            with torch.no_grad():
+                mean, var, n, _ = global_moments(x.detach(), ex)
+        else:
+            mean, var = BF.batch_stats(x)
+            n = BF.values_per_channel(x)
+        self.pending.add(n, mean, var)
+
+    def fold(self, mean: Tensor, var: Tensor, n: int) -> None:
+        """Fold a batch of ``n`` values per channel with ``mean`` and biased ``var`` in."""
+        if self.pending is not None:
+            if not self.scratch:
+                self.pending.add(n, mean, var)
+            return
+        self.fold_unbiased(mean, BF.unbiased(var, n))
+
+    def fold_within(self, mean: Tensor, unbiased_var: Tensor, n: int) -> None:
+        """Fold ghost batches in: ``n`` values in all, their mean and unbiased variance."""
+        if self.pending is not None:
+            if not self.scratch:
+                self.pending.add_within(n, mean, unbiased_var)
+            return
+        self.fold_unbiased(mean, unbiased_var)
+
+    def fold_unbiased(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        """Fold a mean and an unbiased variance into the buffers with the factor."""
         with torch.no_grad():
-            BF.ema(self.mean, mean.detach(), self.factor, inplace=True)
-            BF.ema(self.var, unbiased_var.detach(), self.factor, inplace=True)
+            BF.ema(self.mean, mean.detach().to(self.mean.dtype), self.factor, inplace=True)
+            BF.ema(self.var, unbiased_var.detach().to(self.var.dtype), self.factor, inplace=True)
 
     def commit(self) -> None:
         """Keep the update unless it made finite statistics non-finite; count it if kept."""
+        if self.pending is not None or self.scratch:
+            return
         nbt = self.layer.num_batches_tracked
+        counted = None if nbt is None else nbt.clone()
         mean, var = running(self.layer, self.state)
         if self.sync_free:
             keep = torch.isfinite(self.mean + self.var).all() | ~torch.isfinite(mean + var).all()
@@ -81,18 +119,22 @@ class Update:
             var.copy_(torch.where(keep, self.var, var))
             if nbt is not None:
                 nbt.add_(keep.to(nbt.dtype))
+        elif _undone(mean, var, self.old):
+            warnings.warn(
+                NonFiniteBatchWarning(
+                    f"layer {self.state.label(self.layer)!r}: the batch has NaN/Inf statistics; "
+                    "its update of the running statistics was skipped"
+                ),
+                stacklevel=6,
+            )
             return
-        if not _undone(mean, var, self.old):
-            if nbt is not None:
-                nbt.add_(1)
-            return
-        warnings.warn(
-            NonFiniteBatchWarning(
-                f"layer {self.state.label(self.layer)!r}: the batch has NaN/Inf statistics; its "
-                "update of the running statistics was skipped"
-            ),
-            stacklevel=6,
-        )
+        elif nbt is not None:
+            nbt.add_(1)
+        if self.plan.mode in _READS_RUNNING:
+            remember(self.layer, self.old, counted)
+
+
+_READS_RUNNING = (Normalize.RUNNING, Normalize.RENORM, Normalize.PRIOR)
 
 
 def _factor(layer: _BatchNorm, plan: Plan) -> float | Tensor:
@@ -106,7 +148,7 @@ def _factor(layer: _BatchNorm, plan: Plan) -> float | Tensor:
             f"layer {type(layer).__name__!r} has no num_batches_tracked buffer, which a "
             "cumulative update (momentum=None) counts"
         )
-    if torch.compiler.is_compiling():  # the counter cannot be read on the host
+    if torch.compiler.is_compiling() or BF.transformed():  # no host read of the counter
         dtype = layer.running_mean.dtype if layer.running_mean is not None else torch.float32
         return 1.0 / (nbt + 1).to(dtype)
     return 1.0 / (float(nbt) + 1.0)
