@@ -45,7 +45,7 @@ def run(
         return _ghost(layer, state, plan, x, affine, mask)
     if not uses_batch and not plan.update:
         mean, var = running(layer, state)
-        return BF.normalize(x, mean, var, *affine, layer.eps)
+        return _normalize(x, mask, mean, var, *affine, layer.eps)
     batch_mean, batch_var, n, samples = _moments(x, mask, ex)
     if n <= 1 and uses_batch:
         raise InputError(
@@ -75,12 +75,29 @@ def run(
     else:  # running statistics (those from before this batch's update)
         assert run_mean is not None and run_var is not None
         mean, var = run_mean, run_var
-    out = BF.affine_normalize(x, mean, var, weight, bias, layer.eps).to(x.dtype)
+    out = _normalize(x, mask, mean, var, weight, bias, layer.eps)
     if plan.update and n > 1:
         update = Update(layer, state, plan)
         update.fold(batch_mean, batch_var, n)
         update.commit()
     return out
+
+
+def _normalize(
+    x: Tensor,
+    mask: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Normalize every position; padded ones with the statistics and gamma/beta detached, so
+    whatever gradient reaches them never flows into the valid positions or gamma/beta."""
+    out = BF.affine_normalize(x, mean, var, weight, bias, eps)
+    fixed = [None if t is None else t.detach() for t in (mean, var, weight, bias)]
+    padded = BF.affine_normalize(x, *fixed, eps)  # type: ignore[arg-type]
+    return torch.where(mask[:, None, :], out, padded).to(x.dtype)
 
 
 def _check(layer: _BatchNorm, state: ManagedState, x: Tensor) -> Tensor:
@@ -116,7 +133,7 @@ def _ghost(
                 f"layer {state.label(layer)!r} needs more than 1 valid value per channel in "
                 f"every ghost batch (a group of {xs.shape[0]} sequences has {int(n)})"
             )
-        outs.append(BF.affine_normalize(xs, mean, var, *affine, layer.eps).to(x.dtype))
+        outs.append(_normalize(xs, ms, mean, var, *affine, layer.eps))
         means.append(mean)
         variances.append(BF.unbiased(var, int(n)))
         counts.append(int(n))
