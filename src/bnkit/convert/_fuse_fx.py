@@ -57,6 +57,29 @@ def _origin(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"the result of {getattr(node.target, '__name__', node.target)}"
 
 
+_LAYOUT = {
+    "flatten", "reshape", "view", "view_as", "reshape_as", "transpose", "permute", "movedim",
+    "swapaxes", "t", "squeeze", "unsqueeze", "contiguous", "chunk", "split", "narrow", "getitem",
+}  # fmt: skip
+
+
+def _layer_behind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The foldable layer whose output ``node`` only reshapes (flatten, transpose, chunk...)."""
+    for _ in range(8):
+        if node.op == "call_module":
+            return str(node.target) if isinstance(modules[str(node.target)], FOLDABLE) else None
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if node.op not in ("call_method", "call_function") or name not in _LAYOUT:
+            return None
+        if not node.args:
+            return None
+        first = node.args[0]
+        if not isinstance(first, torch.fx.Node):
+            return None
+        node = first
+    return None
+
+
 def _flat(node: Any, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` is surely a 2D ``(N, C)`` tensor: a flatten from dimension 1 on."""
     if not isinstance(node, torch.fx.Node):
@@ -123,11 +146,13 @@ def find_by_fx(planner: Planner) -> None:
         src = modules.get(str(source.target)) if source.op == "call_module" else None
         src_name = str(source.target)
         if src is None or not isinstance(src, FOLDABLE):
-            planner.leave(
-                bn_name,
-                "no Conv/ConvTranspose/Linear right before it "
-                f"(its input is {_origin(source, modules)})",
-            )
+            why = "no Conv/ConvTranspose/Linear right before it (its input is "
+            why += _origin(source, modules)
+            layer = _layer_behind(source, modules)
+            if layer is not None:
+                why += f", computed from the output of {layer!r}; pass example_input= so that "
+                why += "bnkit follows the layout"
+            planner.leave(bn_name, why + ")")
         elif count[id(bn)] > 1 or count[id(src)] > 1:
             planner.leave(bn_name, "it or the layer before it is called more than once")
         elif len(source.users) != 1:

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import unwrap
 from bnkit.diagnostics._facts import (
     LayerFacts,
     affine_state,
+    as_module,
     batches_tracked,
     facts,
     never_updated,
@@ -166,8 +166,11 @@ def report(model: nn.Module) -> Report:
         >>> row = bnkit.report(model)["1"]
         >>> row.normalizes_with, row.stats_updated
         ('running', False)
+
+    Raises:
+        DiagnosticError: ``model`` is not an ``nn.Module``.
     """
-    root = unwrap(model)
+    root = as_module(model, "report")
     return Report(
         model=type(root).__name__,
         training=root.training,
