@@ -420,3 +420,70 @@ def test_a_convolution_into_a_batchnorm_of_another_rank_is_left_alone() -> None:
     x = torch.randn(3, 4, 5)
     with torch.no_grad():
         torch.testing.assert_close(bnkit.fuse(model, x)(x + 1), model(x + 1))
+
+
+class Reshaped(nn.Module):
+    """A Linear whose (N, 6) output is reshaped before BatchNorm1d."""
+
+    def __init__(self, shape: tuple[int, ...], channels: int) -> None:
+        super().__init__()
+        self.shape = shape
+        self.fc = nn.Linear(5, 6)
+        self.bn = randomize(nn.BatchNorm1d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.fc(x).reshape(self.shape))
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels", "folds"),
+    [
+        ((2, 2, 6), 2, False),  # (N, 6) -> (2, N/2, 6): BatchNorm over the batch halves
+        ((2, 6, 2), 6, False),  # size 6 in dimension 1, but it mixes batch and features
+        ((4, 6, 1), 6, True),  # a trailing 1: the features stay in dimension 1
+        ((2, 12), 12, False),  # two samples merged into one row
+        ((4, 6), 6, True),
+    ],
+)
+def test_reshapes_fold_only_when_the_features_stay_in_dimension_1(
+    shape: tuple[int, ...], channels: int, folds: bool
+) -> None:
+    x = torch.randn(4, 5)
+    report = fused_as_unfused(Reshaped(shape, channels), x, x + 1)
+    assert bool(report.fused) == folds
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_select_and_unbind_drop_a_dimension_before_the_features(dim: int) -> None:
+    class Picked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 6)
+            self.bn = randomize(nn.BatchNorm1d(6 if dim == 1 else 3))
+
+        def forward(self, x: Tensor) -> Tensor:  # (N, T, 5) -> (N, T, 6)
+            y = self.fc(x)
+            if dim == 1:  # token 0 of each sample: (N, 6), the features in dimension 1
+                return self.bn(y[:, 0])
+            return self.bn(y.unbind(2)[0])  # feature 0 of each token: (N, T) — not features
+
+    x = torch.randn(4, 3, 5)
+    report = fused_as_unfused(Picked(), x, x + 1)
+    assert bool(report.fused) == (dim == 1)
+
+
+def test_an_empty_example_batch_shows_nothing_and_folds_nothing() -> None:
+    model = Tokens("flattened").eval()
+    report = bnkit.fuse_plan(model, torch.randn(0, 6, 4))
+    assert dict(report.left)["bn"] == (
+        "the example input gave 'fc' an empty output (0, 6, 6), which shows nothing of where "
+        "its values go; use an example input with samples"
+    )
+
+
+def test_a_reshape_of_an_empty_tensor_places_the_features_nowhere() -> None:
+    from bnkit.convert._fuse_trace import _reshaped
+
+    assert _reshaped(1, [4, 6], [4, 3, 6]) is None  # 6 values per row cannot keep 6 features
+    assert _reshaped(1, [4, 6], [4, 1, 6]) == 2
+    assert _reshaped(1, [0, 6], [0, 3, 6]) is None  # any reshape of no values is legal

@@ -153,6 +153,8 @@ class _Track:
     """BatchNorm layers whose forward read it."""
     elsewhere: str | None = None
     """The first other use."""
+    empty: tuple[int, ...] | None = None
+    """The shape of an output without values (it shows nothing about the dataflow)."""
 
 
 class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -166,6 +168,8 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.tracks: list[_Track] = []
         self.inputs: dict[str, list[tuple[_Track, int] | str]] = {}
         """Per BatchNorm call: the track and feature dimension of its input, or its origin."""
+        self.behind: dict[str, set[str]] = {}
+        """Layers whose output a BatchNorm input was reshaped from (not passed on as is)."""
         self.owner: dict[int, str] = {}  # a layer's weight/bias or a BN's tensors -> its name
         self.misuse: dict[str, str] = {}
         for name, m in probe.named_modules():
@@ -202,6 +206,8 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
             x = args[0] if args else None
             hit = self.tracked(x)
             self.inputs.setdefault(name, []).append(hit or self.origin(x))
+            if hit is None and isinstance(x, Tensor) and self.source(x) is not None:
+                self.behind.setdefault(name, set()).add(str(self.source(x)))
             if hit is not None:
                 hit[0].readers.add(name)
                 allowed.add(id(x))
@@ -216,7 +222,7 @@ class _Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 self.source(output),
             )
             if isinstance(module, FOLDABLE):
-                track = _Track(name)
+                track = _Track(name, empty=tuple(output.shape) if output.numel() == 0 else None)
                 self.tracks.append(track)
                 self.track(output, track, _features(module, output))
 
@@ -297,6 +303,13 @@ def _judge(rec: _Recorder, bn_name: str) -> tuple[str | None, str]:
     if not calls:
         return None, "not reached by the forward of the example input"
     hits = [c for c in calls if not isinstance(c, str)]
+    for candidate in sorted({t.layer for t, _ in hits} | rec.behind.get(bn_name, set())):
+        shapes = [t.empty for t in rec.tracks if t.layer == candidate and t.empty is not None]
+        if shapes:
+            return None, (
+                f"the example input gave {candidate!r} an empty output {shapes[0]}, which shows "
+                "nothing of where its values go; use an example input with samples"
+            )
     for seen in calls:
         if isinstance(seen, str):
             return None, f"no Conv/ConvTranspose/Linear right before it (its input is {seen})"
