@@ -484,6 +484,7 @@ def test_an_empty_example_batch_shows_nothing_and_folds_nothing() -> None:
 def test_a_reshape_of_an_empty_tensor_places_the_features_nowhere() -> None:
     from bnkit.convert._fuse_trace import _reshaped
 
-    assert _reshaped(1, [4, 6], [4, 3, 6]) is None  # 6 values per row cannot keep 6 features
+    assert _reshaped(1, [4, 6], [2, 12]) is None  # two rows merged
+    assert _reshaped(1, [4, 6], [2, 2, 6]) == 2  # the rows split, the features kept
     assert _reshaped(1, [4, 6], [4, 1, 6]) == 2
     assert _reshaped(1, [0, 6], [0, 3, 6]) is None  # any reshape of no values is legal
