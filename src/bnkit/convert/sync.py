@@ -134,7 +134,8 @@ def _unsynchronized(layer: _BatchNorm, cls: type[_BatchNorm]) -> str | None:
         vars(layer).pop("_bnkitsync_reached", None)
         with torch.no_grad():
             for t, value in saved:
-                t.copy_(value)
+                if not torch.equal(t, value):  # untouched tensors keep their version counter
+                    t.copy_(value)
     return None
 
 
