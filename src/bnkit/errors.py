@@ -25,8 +25,8 @@ when one is involved. The hierarchy::
     NonFiniteBatchWarning (RuntimeWarning)
                                      a batch with NaN/Inf whose running-statistics update
                                      was skipped
-    FuseWarning (UserWarning)        ``bnkit.fuse`` could not trace (part of) a model with
-                                     torch.fx and fell back to ``nn.Sequential`` order
+    FuseWarning (UserWarning)        ``bnkit.fuse`` could not trace a model with torch.fx and
+                                     folded nothing (an example input finds the pairs)
 """
 
 from __future__ import annotations
@@ -103,4 +103,5 @@ class NonFiniteBatchWarning(RuntimeWarning):
 
 
 class FuseWarning(UserWarning):
-    """``bnkit.fuse`` could not trace a module with torch.fx and paired layers by order instead."""
+    """``bnkit.fuse`` could not trace the model with torch.fx, so it folded nothing; passing
+    ``example_input=`` finds the pairs on a real forward instead."""

@@ -103,3 +103,56 @@ def test_ignore_turns_an_error_into_success(capsys: pytest.CaptureFixture[str]) 
     assert main(["inspect", spec, "--eval"]) == 1
     assert "error [stale_running_stats] '1', '5'" in capsys.readouterr().out
     assert main(["inspect", spec, "--eval", "--ignore", "stale_running_stats"]) == 0
+
+
+def _could_not_run(done: subprocess.CompletedProcess[str], message: str) -> None:
+    """Exit 2 (not 1, which CI reads as an error finding), one line on stderr, no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.startswith("bnkit inspect: ") and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr and message in done.stderr, done.stderr
+
+
+def test_inspect_checkpoint_with_integer_keys_exits_2(tmp_path: Path) -> None:
+    """Regression: an AttributeError traceback and exit 1."""
+    torch.save({0: torch.zeros(1), 1: torch.ones(1)}, tmp_path / "ints.pt")
+    done = bnkit_cli("tests.inspect_factories:clean", "--checkpoint", str(tmp_path / "ints.pt"))
+    _could_not_run(done, "holds no state_dict (a mapping of names (strings) to tensors")
+
+
+def test_inspect_meta_device_model_exits_2_or_takes_a_checkpoint(tmp_path: Path) -> None:
+    """Regression: a RuntimeError traceback (Tensor.item() on meta tensors) and exit 1."""
+    _could_not_run(
+        bnkit_cli("tests.inspect_factories:on_meta"), "are on the meta device: shapes without"
+    )
+    torch.save(inspect_factories.clean().state_dict(), tmp_path / "clean.pt")
+    done = bnkit_cli("tests.inspect_factories:on_meta", "--checkpoint", str(tmp_path / "clean.pt"))
+    assert done.returncode == 0 and "no findings" in done.stdout, done.stderr
+
+
+def test_inspect_input_shape_too_large_exits_2() -> None:
+    """Regression: an allocation RuntimeError traceback and exit 1."""
+    done = bnkit_cli("tests.inspect_factories:clean", "--input-shape", "100000,100000,100000,3")
+    _could_not_run(done, "asks for 3e+15 values, more than the 2.68e+08 bnkit inspect allows")
+
+
+def test_inspect_factory_calling_sys_exit_0_exits_2() -> None:
+    """Regression: the factory's sys.exit(0) ended bnkit with exit code 0 and no output."""
+    done = bnkit_cli("tests.inspect_factories:exits")
+    _could_not_run(done, "called sys.exit(0) instead of returning a model")
+
+
+def test_inspect_any_other_failure_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails inside bnkit while checking is exit 2 with one line, never exit 1."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an unforeseen failure\nsecond line")
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("bnkit.cli._inspect.report", broken)
+    assert main(["inspect", "tests.inspect_factories:clean"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "bnkit inspect: could not run the check: ValueError: an unforeseen failure second line\n"
+    )

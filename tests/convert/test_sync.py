@@ -106,3 +106,68 @@ def test_sync_layers_freeze_to_their_original_rank() -> None:
     assert type(net[9]) is nn.SyncBatchNorm
     bnkit.from_sync(net)
     assert type(net[9]) is nn.BatchNorm1d
+
+
+class ComputesItself(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: F.batch_norm on its own buffers, then an activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.nn.functional.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            0.1,
+            self.eps,
+        )
+        return torch.relu(out)
+
+
+class OnlyInEval(nn.BatchNorm1d):
+    """Reaches BatchNorm's forward in eval() only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return torch.nn.functional.batch_norm(x, None, None, training=True)
+        return super().forward(x)
+
+
+class NeedsTwoInputs(nn.BatchNorm1d):
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(x * mask)
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (ComputesItself, r"ComputesItself\.forward does not call BatchNorm's forward \(super"),
+        (OnlyInEval, r"OnlyInEval\.forward does not call .* in train\(\)"),
+        (NeedsTwoInputs, r"bnkit could not check that NeedsTwoInputs\.forward calls super"),
+    ],
+)
+def test_to_sync_refuses_a_subclass_whose_forward_never_synchronizes(
+    cls: type[nn.Module], message: str
+) -> None:
+    """Regression: such a subclass became a SyncBatchNorm that never synchronized, silently."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), randomize(cls(4)))  # type: ignore[arg-type]
+    bnkit.apply(net, "frozen_stats", where="2")
+    before = copy.deepcopy(net.state_dict())
+    classes = [type(m) for m in net]
+    with pytest.raises(bnkit.LayerError, match=f"layer '2': {message}"):
+        bnkit.to_sync(net)
+    assert [type(m) for m in net] == classes  # nothing changed, the first layer included
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert bnkit.policy_of(net[2]) == bnkit.preset("frozen_stats")
+    assert not [k for k in vars(net[2]) if k.startswith("_bnkitsync")]
+    bnkit.to_sync(net, where="1")  # the others convert
+    assert type(net[1]) is nn.SyncBatchNorm
+
+
+def test_subclasses_calling_super_forward_pass_the_check_without_changing() -> None:
+    net = model().train()
+    before = copy.deepcopy(net.state_dict())
+    bnkit.to_sync(net)  # WithActivation calls super().forward(x): checked, then converted
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert net[4].training and isinstance(net[4], nn.SyncBatchNorm)

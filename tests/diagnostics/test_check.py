@@ -163,11 +163,46 @@ def _weight_decay() -> Case:
     return Case(m, optimizer=torch.optim.AdamW(m.parameters(), weight_decay=0.05))
 
 
+def _tf_momentum() -> Case:
+    m = clean()
+    m[4].momentum = 0.997  # ported from TensorFlow unchanged
+    return Case(m)
+
+
+def _tf_momentum_frozen() -> Case:
+    m = clean()
+    m[9].momentum = 0.99
+    return Case(bnkit.freeze(m, where="9"))  # matters once it updates again
+
+
+class Unreached(nn.Module):
+    """A calibrated model and a head its forward never calls (stale statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = clean().eval()
+        self.aux = nn.Sequential(nn.Linear(6, 4, bias=False), nn.BatchNorm1d(4))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def _stale_unreached() -> Case:
+    return Case(Unreached(), batch(32))
+
+
 # kind -> [(builder, expected severity, expected layers)]
 TRIGGERS: dict[str, list[tuple[Callable[[], Case], Severity, tuple[str, ...]]]] = {
     "stats_drift_with_frozen_affine": [(_drift_train, W, ("1",)), (_drift_eval, INFO, ("4",))],
     "no_update_but_batch_stats": [(_momentum_zero, W, ("4",)), (_no_tracking_after, INFO, ("9",))],
-    "stale_running_stats": [(_stale_eval, E, ("1", "4", "9")), (_stale_frozen, E, ("1",))],
+    "stale_running_stats": [
+        (_stale_eval, E, ("1", "4", "9")),
+        (_stale_frozen, E, ("1",)),
+        (_stale_unreached, W, ("aux.1",)),
+    ],
+    "tensorflow_momentum": [(_tf_momentum, W, ("4",)), (_tf_momentum_frozen, INFO, ("9",))],
     "batch_stats_in_eval": [(_batch_stats_native, W, ("4",)), (_batch_stats_managed, INFO, ("9",))],
     "nonfinite_running_stats": [(_nan, E, ("4",)), (_negative, E, ("1",)), (_zero_var, W, ("9",))],
     "unmanaged_mixed_phase": [
@@ -194,7 +229,7 @@ CASES = [
 
 def test_every_kind_has_a_trigger() -> None:
     assert set(TRIGGERS) == set(kinds())
-    assert len(kinds()) == len(set(kinds())) == 13
+    assert len(kinds()) == len(set(kinds())) == 14
 
 
 @pytest.mark.parametrize(("kind", "build", "severity", "layers"), CASES)
@@ -318,3 +353,38 @@ def test_fix_for_many_layers_refers_to_the_finding() -> None:
     exec(f.fix.split(" fixes")[0], namespace)  # the fix is runnable as written
     assert bnkit.policy_of(model[0]) == bnkit.preset("frozen")
     assert bnkit.check(model) == []
+
+
+def test_stale_statistics_the_example_forward_never_reached_are_not_an_error() -> None:
+    """Regression: a layer the example forward never reached was an error like a used one."""
+    (found,) = bnkit.check(Unreached(), batch(32))
+    assert found.severity is W and "the example forward did not reach them" in found.what
+    (without_input,) = bnkit.check(Unreached())  # nothing says it is unused: an error
+    assert without_input.severity is E and without_input.layers == ("aux.1",)
+
+
+def test_tensorflow_momentum_gives_the_pytorch_value_and_keeps_keras_eps() -> None:
+    model = clean()
+    for i in (1, 4):
+        model[i].momentum, model[i].eps = 0.997, 1e-3
+    (found,) = bnkit.check(model)
+    assert found.kind == "tensorflow_momentum" and found.layers == ("1", "4")
+    assert "their running statistics are 99.7% the last batch" in found.what
+    assert "averages over about 333 batches" in found.what
+    assert "eps 1e-3 is Keras's default too, and right to keep" in found.why
+    assert found.fix == (
+        "use the PyTorch value 1 - 0.997 = 0.003: set layer.momentum = 0.003 on these layers, or "
+        "bnkit.apply(model, bnkit.preset('pytorch', momentum=0.003), "
+        "where=lambda name, _: name in {'1', '4'})"
+    )
+    model[9].momentum = 0.5  # ambiguous: PyTorch's convention is not ruled out
+    assert [f.layers for f in bnkit.check(model)] == [("1", "4")]
+
+
+def test_check_report_and_watch_refuse_what_is_not_a_module() -> None:
+    """Regression: a non-Module gave an AttributeError."""
+    for call in (bnkit.check, bnkit.report, bnkit.watch):
+        with pytest.raises(
+            bnkit.errors.DiagnosticError, match=r"expects a torch\.nn\.Module \(got list\)"
+        ):
+            call([nn.BatchNorm1d(2)])  # type: ignore[arg-type]

@@ -218,3 +218,26 @@ def test_layers_without_statistics_or_affine_and_reentry() -> None:
     assert w.changed() == ["1"]
     with pytest.raises(bnkit.errors.DiagnosticError, match=r"start a new bnkit\.watch"), w:
         pass
+
+
+def test_watch_on_layers_without_running_statistics() -> None:
+    """Regression: watch() raised NotImplementedError on layers without running statistics."""
+    model = nn.Sequential(
+        nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.BatchNorm1d(4)
+    )
+    with bnkit.watch(model, where="1") as only_stateless:
+        model(torch.randn(8, 4)).sum().backward()
+    (record,) = only_stateless.records
+    assert record.calls == 1 and record.used == "batch" and record.grad
+    assert record.mean_change is None and record.drift is None and record.batches == 0
+    assert only_stateless.changed() == []
+    only_stateless.assert_unchanged()  # nothing kept, so nothing moved
+    row = only_stateless.summary().rows[0]
+    assert row["max |Δ mean|"] == row["drift"] == "no running stats"
+    with pytest.raises(
+        bnkit.errors.DiagnosticError, match="no watched layer keeps running statistics"
+    ):
+        only_stateless.plot("unused.png")
+    with bnkit.watch(model) as both:
+        model(torch.randn(8, 4))
+    assert both.changed() == ["2"]

@@ -1,6 +1,7 @@
 """The ``bnkit`` command line: a thin shell over the library.
 
-Exit codes: 0 success, 1 a check failed (e.g. an error-severity finding), 2 a usage error.
+Exit codes: 0 success, 1 a check failed (e.g. an error-severity finding), 2 bnkit could not run
+(a usage error, or a failure reported in one line).
 """
 
 from __future__ import annotations

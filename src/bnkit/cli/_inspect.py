@@ -1,7 +1,9 @@
 """``bnkit inspect``: build a model from a factory, load a checkpoint, report and check it.
 
-Exit codes: 0 no error-severity finding, 1 at least one, 2 a usage error (bad factory path,
-import failure, missing or unreadable checkpoint, bad shape).
+Exit codes: 0 no error-severity finding, 1 at least one, 2 bnkit could not run the check (bad
+factory path, import failure, a factory that exits or raises, missing, unreadable or unfitting
+checkpoint, a model without values, bad or oversized shape, anything else that fails), always
+with one line on stderr and no traceback: CI must never read a crash as a finding.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -23,6 +26,8 @@ from bnkit.diagnostics.report import report
 from bnkit.errors import DiagnosticError
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+MAX_VALUES = 2**28
+"""The largest example input ``--input-shape`` may ask for (1 GiB of float32)."""
 
 
 __all__ = ["register", "run"]
@@ -36,7 +41,8 @@ def register(sub: Any) -> None:
             "Build a model with FACTORY (package.module:function, called without arguments; "
             "the current directory is importable), optionally load a checkpoint, and print "
             "the BatchNorm report and the findings of bnkit.check. Exit code 0: no error "
-            "finding; 1: an error finding; 2: a usage error."
+            "finding; 1: an error finding; 2: bnkit could not run the check (one line on "
+            "stderr)."
         ),
     )
     p.add_argument("factory", help="package.module:function that returns the model")
@@ -64,9 +70,14 @@ def load_factory(spec: str) -> Any:
         sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
+    except SystemExit as err:
+        raise DiagnosticError(
+            f"importing {module_name!r} called sys.exit({err.code!r}); guard the module's "
+            "script code with `if __name__ == '__main__':`"
+        ) from None
     except Exception as err:
         raise DiagnosticError(
-            f"cannot import {module_name!r}: {type(err).__name__}: {err}"
+            f"cannot import {module_name!r}: {type(err).__name__}: {_line(err)}"
         ) from None
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -82,6 +93,10 @@ def build(spec: str) -> nn.Module:
     factory = load_factory(spec)
     try:
         model = factory()
+    except SystemExit as err:
+        raise DiagnosticError(
+            f"factory {spec!r} called sys.exit({err.code!r}) instead of returning a model"
+        ) from None
     except Exception as err:
         raise DiagnosticError(
             f"factory {spec!r} raised {type(err).__name__}: {_line(err)}"
@@ -97,26 +112,33 @@ def _line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def _is_state(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
 def _state_dict(loaded: Any, path: str) -> Mapping[str, Any]:
     if isinstance(loaded, Mapping):
-        if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        if _is_state(loaded):
             return loaded
         for key in _STATE_KEYS:
             inner = loaded.get(key)
-            if isinstance(inner, Mapping) and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
-            ):
+            if isinstance(inner, Mapping) and _is_state(inner):
                 return inner
     raise DiagnosticError(
-        f"checkpoint {path!r} holds no state_dict (a mapping of names to tensors, at the top "
-        f"level or under one of {', '.join(repr(k) for k in _STATE_KEYS)})"
+        f"checkpoint {path!r} holds no state_dict (a mapping of names (strings) to tensors, at "
+        f"the top level or under one of {', '.join(repr(k) for k in _STATE_KEYS)})"
     )
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a state_dict with ``weights_only=True`` and ``strict=True``.
 
-    A checkpoint saved from a DDP/DataParallel model (keys prefixed ``module.``) is accepted.
+    A checkpoint saved from a DDP/DataParallel model (keys prefixed ``module.``) is accepted;
+    a model built on the meta device takes the checkpoint's tensors (``assign=True``).
     """
     if not os.path.isfile(path):
         raise DiagnosticError(f"checkpoint {path!r} not found")
@@ -135,7 +157,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     ):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=_on_meta(model) != [])
     except RuntimeError as err:
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -159,10 +181,42 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise DiagnosticError(
             f"--input-shape needs at least 2 positive dims N,C[,...] (got {text!r})"
         )
+    values = math.prod(shape)
+    if values > MAX_VALUES:
+        raise DiagnosticError(
+            f"--input-shape {text} asks for {values:.3g} values, more than the {MAX_VALUES:.3g} "
+            "bnkit inspect allows; the checks need one small batch (8 to 64 samples)"
+        )
     return shape
 
 
+def _on_meta(model: nn.Module) -> list[str]:
+    return [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+
+
+def _no_meta(model: nn.Module) -> None:
+    meta = _on_meta(model)
+    if meta:
+        raise DiagnosticError(
+            f"the model's tensors ({meta[0]!r} and {len(meta) - 1} more) are on the meta "
+            "device: shapes without values, nothing to check; pass --checkpoint to load values "
+            "into them, or build the model on a real device"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the command; a failure that is not a bnkit error becomes one line too (exit 2)."""
+    try:
+        return _run(args)
+    except (DiagnosticError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise DiagnosticError(
+            f"could not run the check: {type(err).__name__}: {_line(err)[:300]}"
+        ) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     unknown = [k for k in args.ignore if k not in kinds()]
     if unknown:
         raise DiagnosticError(f"--ignore {unknown[0]!r}: unknown kind; kinds: {', '.join(kinds())}")
@@ -170,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     model = build(args.factory)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
+    _no_meta(model)
     if args.eval:
         model.eval()
     example = None
@@ -177,7 +232,12 @@ def run(args: argparse.Namespace) -> int:
         params = [p for p in model.parameters() if p.is_floating_point()]
         dtype = params[0].dtype if params else torch.get_default_dtype()
         gen = torch.Generator().manual_seed(args.seed)
-        example = torch.randn(shape, generator=gen, dtype=dtype)
+        try:
+            example = torch.randn(shape, generator=gen, dtype=dtype)
+        except RuntimeError as err:
+            raise DiagnosticError(
+                f"cannot make an example input of shape {args.input_shape}: {_line(err)[:200]}"
+            ) from None
     rep = report(model)
     findings = check(model, example, ignore=args.ignore)
     if args.json:

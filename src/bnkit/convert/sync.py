@@ -9,21 +9,25 @@ and ``nn.SyncBatchNorm``::
     MyBN (synchronized) -> MyBN -> BatchNorm2d -> SyncBatchNorm -> _BatchNorm
 
 so its own ``forward`` (an activation after ``super().forward(x)``, say) and its input checks
-still run, with SyncBatchNorm's forward underneath. A layer bnkit manages keeps its policy.
-:func:`from_sync` restores the class each layer had (SyncBatchNorm itself does not know
-whether it was 1d, 2d or 3d; bnkit remembers).
+still run, with SyncBatchNorm's forward underneath. A class whose forward computes BatchNorm
+itself gets its declared steps (:func:`bnkit.register_layer`; timm's ``BatchNormAct2d`` is
+built in) around SyncBatchNorm's forward; without a declaration its synchronized form would
+never synchronize, so it is refused before anything changes. A layer bnkit manages keeps its
+policy. :func:`from_sync` restores the class each layer had (SyncBatchNorm itself does not
+know whether it was 1d, 2d or 3d; bnkit remembers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnkit.convert import _synced
+from bnkit.convert._synced import sync_class
 from bnkit.errors import LayerError
+from bnkit.layers.adapters import Verdict, route
 from bnkit.layers.managed import managed_class, original_class
 from bnkit.layers.select import Where, lazy_reason, select
 from bnkit.layers.state import ATTR, state_of
@@ -32,36 +36,6 @@ __all__ = ["from_sync", "to_sync"]
 
 M = TypeVar("M", bound=nn.Module)
 _KEPT = "_bnkitsync_source"
-_PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-class _SyncedMeta(type):
-    """Made classes print as ``<class 'module.MyBN' (synchronized)>``."""
-
-    def __repr__(cls) -> str:
-        source = next(c for c in cls.__mro__ if type(c) is not _SyncedMeta)
-        return f"<class '{source.__module__}.{source.__qualname__}' (synchronized)>"
-
-
-_CLASSES: dict[type[_BatchNorm], type[_BatchNorm]] = {}
-
-
-def sync_class(cls: type[_BatchNorm]) -> type[_BatchNorm]:
-    """The synchronized counterpart of a BatchNorm class (made once, then cached)."""
-    if issubclass(cls, nn.SyncBatchNorm):
-        return cls
-    if cls in _PLAIN:
-        return nn.SyncBatchNorm
-    if cls not in _CLASSES:
-        # Served by bnkit.convert._synced under an encoded name, so that pickle finds it.
-        namespace = {
-            "__module__": _synced.__name__,
-            "__qualname__": _synced.export_name(cls),
-            "__doc__": cls.__doc__,
-        }
-        made = _SyncedMeta(cls.__name__, (cls, nn.SyncBatchNorm), namespace)
-        _CLASSES[cls] = cast(type[_BatchNorm], made)
-    return _CLASSES[cls]
 
 
 def _set_class(layer: _BatchNorm, cls: type[_BatchNorm]) -> None:
@@ -73,6 +47,24 @@ def _set_class(layer: _BatchNorm, cls: type[_BatchNorm]) -> None:
         layer.__class__ = managed_class(cls)
     else:
         layer.__class__ = cls
+
+
+def _refusal(cls: type[nn.Module]) -> str | None:
+    """Why a SyncBatchNorm made from ``cls`` would not synchronize (None when it would)."""
+    r = route(cls)
+    if r.verdict in (Verdict.NATIVE, Verdict.ADAPTED):
+        return None
+    assert r.owner is not None
+    what = (
+        "computes BatchNorm itself (it never calls super().forward(x))"
+        if r.verdict is Verdict.FOREIGN
+        else "has a forward whose source bnkit cannot read"
+    )
+    return (
+        f"{r.owner.__name__}.forward {what}, so a SyncBatchNorm made from it would never "
+        f"synchronize; declare what it does around the normalization with "
+        f"bnkit.register_layer({r.owner.__name__}, after=...), or leave it out with where="
+    )
 
 
 def to_sync(model: M, process_group: Any = None, where: Where = None) -> M:
@@ -88,7 +80,8 @@ def to_sync(model: M, process_group: Any = None, where: Where = None) -> M:
 
     Raises:
         SelectionError: ``where`` matches no BatchNorm layer.
-        LayerError: a selected layer cannot be converted (nothing is changed then).
+        LayerError: a selected layer cannot be converted (nothing is changed then): lazy, or
+            of a class whose forward computes BatchNorm itself without a declaration.
     """
     chosen = []
     for name, layer in select(model, where):
@@ -102,8 +95,12 @@ def to_sync(model: M, process_group: Any = None, where: Where = None) -> M:
         lazy = lazy_reason(layer)
         if lazy is not None:
             raise LayerError(f"layer {name!r} {lazy}")
-        if not isinstance(layer, nn.SyncBatchNorm):
-            chosen.append(layer)
+        if isinstance(layer, nn.SyncBatchNorm):
+            continue
+        refused = _refusal(original_class(layer))
+        if refused is not None:
+            raise LayerError(f"layer {name!r}: {refused}")
+        chosen.append(layer)
     for layer in chosen:
         source = original_class(layer)
         vars(layer)[_KEPT] = source

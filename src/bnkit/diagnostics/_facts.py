@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
 from bnkit.apply import policy_of
-from bnkit.errors import LayerError
+from bnkit.errors import DiagnosticError, LayerError
 from bnkit.layers.managed import is_managed
 from bnkit.layers.select import bn_layers, unwrap
 from bnkit.policy import Affine, Policy
@@ -27,6 +27,7 @@ __all__ = [
     "LayerFacts",
     "affine_params",
     "affine_state",
+    "as_module",
     "batches_tracked",
     "behaviour",
     "facts",
@@ -73,6 +74,16 @@ class LayerFacts:
     def affine_frozen(self) -> bool:
         """No gamma/beta of the layer can receive a gradient (vacuous without gamma/beta)."""
         return not any(trainable for _, _, trainable in affine_params(self.layer, self.policy))
+
+
+def as_module(model: object, call: str) -> nn.Module:
+    """The (unwrapped) model, or a DiagnosticError saying that ``call`` needs a module."""
+    if not isinstance(model, nn.Module):
+        raise DiagnosticError(
+            f"bnkit.{call} expects a torch.nn.Module (got {type(model).__name__}); pass the "
+            "model itself"
+        )
+    return unwrap(model)
 
 
 def is_bnkit(layer: nn.Module) -> bool:

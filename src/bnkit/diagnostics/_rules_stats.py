@@ -18,31 +18,53 @@ __all__: list[str] = []
 )
 def stale(ctx: Context) -> list[Finding]:
     hits = [f for f in ctx.layers if f.now.batch is False and never_updated(f.layer)]
-    if not hits:
-        return []
-    names = [f.name for f in hits]
-    return [
-        Finding(
-            kind="stale_running_stats",
-            severity=Severity.ERROR,
-            layers=tuple(names),
-            what=(
-                f"{listing(names)} normalize with running statistics that were never updated "
-                "(running_mean 0, running_var 1, num_batches_tracked 0), so they pass their input "
-                "through unnormalized"
-            ),
-            why=(
-                "the outputs are not those of the trained model: typically a model evaluated "
-                "before training, a checkpoint loaded with strict=False that lacked the "
-                "BatchNorm buffers, or statistics frozen before they were ever computed"
-            ),
-            fix=(
-                "load the running statistics (load_state_dict(..., strict=True) names what is "
-                "missing), or estimate them on representative data with "
-                "bnkit.recalibrate(model, data)"
-            ),
+    reached = None if ctx.probe is None else set(ctx.probe.calls)
+    used = [f.name for f in hits if reached is None or f.name in reached]
+    unused = [f.name for f in hits if reached is not None and f.name not in reached]
+    fix = (
+        "load the running statistics (load_state_dict(..., strict=True) names what is "
+        "missing), or estimate them on representative data with bnkit.recalibrate(model, data)"
+    )
+    out = []
+    if used:
+        out.append(
+            Finding(
+                kind="stale_running_stats",
+                severity=Severity.ERROR,
+                layers=tuple(used),
+                what=(
+                    f"{listing(used)} normalize with running statistics that were never updated "
+                    "(running_mean 0, running_var 1, num_batches_tracked 0), so they pass their "
+                    "input through unnormalized"
+                ),
+                why=(
+                    "the outputs are not those of the trained model: typically a model evaluated "
+                    "before training, a checkpoint loaded with strict=False that lacked the "
+                    "BatchNorm buffers, or statistics frozen before they were ever computed"
+                ),
+                fix=fix,
+            )
         )
-    ]
+    if unused:
+        out.append(
+            Finding(
+                kind="stale_running_stats",
+                severity=Severity.WARNING,
+                layers=tuple(unused),
+                what=(
+                    f"{listing(unused)} would normalize with running statistics that were never "
+                    "updated (running_mean 0, running_var 1, num_batches_tracked 0), but the "
+                    "example forward did not reach them"
+                ),
+                why=(
+                    "they do not change the outputs of this input; an input or a path that does "
+                    "reach them (another head, a branch, an auxiliary loss) gets unnormalized "
+                    "values there — or they are left over from the model's constructor"
+                ),
+                fix=fix + ", or remove them if the model never uses them",
+            )
+        )
+    return out
 
 
 @rule("nonfinite_running_stats", "model", "NaN/Inf or non-positive running statistics")

@@ -23,7 +23,7 @@ __all__ = ["Change", "Layout", "Snap"]
 
 
 class Change(NamedTuple):
-    """What changed in one layer between two snapshots (see :class:`bnkit.LayerStep`)."""
+    """What changed in one layer between two snapshots (see ``bnkit.diagnostics.LayerStep``)."""
 
     mean: float | None
     var: float | None
@@ -63,7 +63,8 @@ def _device(layer: nn.Module) -> torch.device:
 
 def _segments(sizes: list[int], device: torch.device) -> Tensor:
     index = torch.arange(len(sizes), device=device)
-    return torch.repeat_interleave(index, torch.tensor(sizes, device=device))
+    # dtype: an empty list (no watched layer with running statistics) would make floats
+    return torch.repeat_interleave(index, torch.tensor(sizes, dtype=torch.long, device=device))
 
 
 class _Group:

@@ -1,7 +1,7 @@
 """Outputs of a watch: the summary table, TensorBoard scalars and the drift plot.
 
 TensorBoard and matplotlib are optional; each is imported only when used, and a missing one
-raises :class:`~bnkit.MissingDependencyError` naming the extra that installs it.
+raises :class:`~bnkit.errors.MissingDependencyError` naming the extra that installs it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
+from bnkit.diagnostics._facts import running_stats
 from bnkit.errors import DiagnosticError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def summary(w: Watch) -> Table:
     """One row per watched layer over every recorded step."""
     records = [*w.records, *w._pending()]
     rows = []
-    for name, _ in w.layers:
+    for name, layer in w.layers:
+        kept = running_stats(layer)[0] is not None  # else only calls and gamma/beta to watch
         mine = [r for r in records if r.layer == name]
         recorded = [r for r in w.records if r.layer == name]
         used = sorted({u for r in mine for u in r.used.split(", ") if u})
@@ -65,8 +67,8 @@ def summary(w: Watch) -> Table:
                 "calls": str(sum(r.calls for r in mine)),
                 "normalized with": ", ".join(used) or "-",
                 "batches": f"{sum(r.batches for r in mine):+d}",
-                "max |Δ mean|": _g(max(means)) if means else "-",
-                "drift": _g(drifts[-1]) if drifts else "-",
+                "max |Δ mean|": _g(max(means)) if means else "-" if kept else "no running stats",
+                "drift": _g(drifts[-1]) if drifts else "-" if kept else "no running stats",
                 "gamma/beta grad": f"{sum(r.grad for r in recorded)}/{len(recorded)} records",
                 "gamma/beta max |Δ|": _g(max((r.affine_change for r in mine), default=0.0)),
             }
@@ -132,6 +134,11 @@ def plot(w: Watch, path: str | os.PathLike[str]) -> None:
         mine = [r for r in w.records if r.layer == name and r.drift is not None]
         if mine:
             final[name] = mine[-1].drift or 0.0
+    if not final:
+        raise DiagnosticError(
+            "nothing to plot: no watched layer keeps running statistics (the summary has their "
+            "calls and gamma/beta)"
+        )
     labelled = set(sorted(final, key=final.__getitem__, reverse=True)[:8])
     for name in final:
         mine = [r for r in w.records if r.layer == name]

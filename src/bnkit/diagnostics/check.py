@@ -16,11 +16,10 @@ from typing import Any
 import torch.nn as nn
 
 from bnkit.diagnostics._example import Probe, run_probe
-from bnkit.diagnostics._facts import facts
+from bnkit.diagnostics._facts import as_module, facts
 from bnkit.diagnostics._rules_input import DOMAIN_THRESHOLD
 from bnkit.diagnostics.findings import Context, Finding, Severity, kinds, rules
 from bnkit.errors import DiagnosticError
-from bnkit.layers.select import unwrap
 
 __all__ = ["check", "errors"]
 
@@ -58,9 +57,10 @@ def check(
         The findings, errors first. An empty list means nothing was found.
 
     Raises:
-        DiagnosticError: an unknown kind in ``ignore``, a bad setting, something without
-            ``param_groups`` as the optimizer, or an example forward that raised for another
-            reason than a batch too small for a BatchNorm layer (the model is unchanged).
+        DiagnosticError: ``model`` is not an ``nn.Module``, an unknown kind in ``ignore``, a
+            bad setting, something without ``param_groups`` as the optimizer, or an example
+            forward that raised for another reason than a batch too small for a BatchNorm
+            layer (the model is unchanged).
 
     Examples:
         >>> import torch.nn as nn, bnkit
@@ -68,9 +68,9 @@ def check(
         >>> [f.kind for f in bnkit.check(model)]
         ['stale_running_stats', 'conv_bias_before_bn']
     """
+    root = as_module(model, "check")
     skip = _validate(ignore, domain_threshold, min_values_per_channel)
     optimizers = _optimizers(optimizer)
-    root = unwrap(model)
     layers = facts(root)
     probe: Probe | None = None
     if example_input is not None:

@@ -136,6 +136,7 @@ def rule(kind: str, needs: str, summary: str) -> Callable[[RuleFn], Rule]:
 def rules() -> list[Rule]:
     """Every registered rule, in registration order."""
     from bnkit.diagnostics import (  # noqa: F401 (importing registers the rules)
+        _rules_convention,
         _rules_input,
         _rules_layout,
         _rules_optim,

@@ -18,6 +18,7 @@ import torch.nn as nn
 from bnkit.diagnostics._facts import (
     LayerFacts,
     affine_state,
+    as_module,
     batches_tracked,
     facts,
     never_updated,
@@ -25,7 +26,6 @@ from bnkit.diagnostics._facts import (
 )
 from bnkit.errors import SelectionError
 from bnkit.layers.managed import original_class
-from bnkit.layers.select import unwrap
 
 __all__ = ["LayerRow", "Report", "report"]
 
@@ -167,8 +167,11 @@ def report(model: nn.Module) -> Report:
         >>> row = bnkit.report(model)["1"]
         >>> row.normalizes_with, row.stats_updated
         ('running', False)
+
+    Raises:
+        DiagnosticError: ``model`` is not an ``nn.Module``.
     """
-    root = unwrap(model)
+    root = as_module(model, "report")
     return Report(
         model=type(root).__name__,
         training=root.training,

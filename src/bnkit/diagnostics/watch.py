@@ -21,10 +21,10 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnkit.diagnostics import _watch_output as out
-from bnkit.diagnostics._facts import behaviour, layer_facts
+from bnkit.diagnostics._facts import as_module, behaviour, layer_facts
 from bnkit.diagnostics._watch_measure import Change, Layout
 from bnkit.errors import DiagnosticError
-from bnkit.layers.select import Where, select, unwrap
+from bnkit.layers.select import Where, select
 from bnkit.layers.state import state_of
 
 __all__ = ["LayerStep", "Watch", "watch"]
@@ -71,7 +71,7 @@ class Watch:
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise DiagnosticError(f"every must be a positive integer (got {every!r})")
-        self.model = unwrap(model)
+        self.model = as_module(model, "watch")
         self.layers = select(self.model, where)
         self.every = every
         self.records: list[LayerStep] = []

@@ -95,8 +95,9 @@ def _normalize(
     """Normalize every position; padded ones with the statistics and gamma/beta detached, so
     whatever gradient reaches them never flows into the valid positions or gamma/beta."""
     out = BF.affine_normalize(x, mean, var, weight, bias, eps)
-    fixed = [None if t is None else t.detach() for t in (mean, var, weight, bias)]
-    padded = BF.affine_normalize(x, *fixed, eps)  # type: ignore[arg-type]
+    w = None if weight is None else weight.detach()
+    b = None if bias is None else bias.detach()
+    padded = BF.affine_normalize(x, mean.detach(), var.detach(), w, b, eps)
     return torch.where(mask[:, None, :], out, padded).to(x.dtype)
 
 

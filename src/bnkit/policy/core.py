@@ -21,9 +21,9 @@ class Policy:
     """How one BatchNorm layer behaves, whatever ``train()``/``eval()`` is called.
 
     A policy chooses, independently, which statistics normalize the input
-    (:class:`~bnkit.Normalize`), how and when the running statistics change
-    (:class:`~bnkit.Update`, :class:`~bnkit.Phase`) and whether gamma/beta train
-    (:class:`~bnkit.Affine`). Strings are accepted for every axis
+    (:class:`~bnkit.policy.Normalize`), how and when the running statistics change
+    (:class:`~bnkit.policy.Update`, :class:`~bnkit.policy.Phase`) and whether gamma/beta train
+    (:class:`~bnkit.policy.Affine`). Strings are accepted for every axis
     (``Policy(normalize="running")``). A setting that only applies to another choice
     (``momentum`` without ``update="ema"``, ``ghost_size`` without ``normalize="ghost"``) must
     keep its default, so two policies that behave the same are equal.
