@@ -107,7 +107,7 @@ def update_running_stats(
     Builds no autograd graph. ``factor`` may be a tensor (a cumulative factor read on the device).
     """
     with torch.no_grad():
-        if isinstance(factor, Tensor) or torch.compiler.is_compiling():
+        if isinstance(factor, Tensor) or torch.compiler.is_compiling() or transformed():
             # torch.batch_norm_update_stats writes its buffers without declaring it, so a traced
             # graph would drop the write: spell the update out instead.
             mean, var = batch_stats(x)

@@ -44,11 +44,12 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel batch mean and biased variance of ``x`` (BatchNorm's kernel, no graph).
 
     Half-precision inputs give float32 statistics, as BatchNorm accumulates them. Compiled
-    graphs get the same numbers from ``var_mean`` (BatchNorm's statistics kernel has no
-    symbolic-shape implementation, so it would split graphs of varying batch sizes).
+    graphs and ``torch.func`` transforms get the same numbers from ``var_mean`` (BatchNorm's
+    statistics kernel has neither a symbolic-shape implementation, so it would split graphs of
+    varying batch sizes, nor a batching rule).
     """
     with torch.no_grad():
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
             acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
             var, mean = torch.var_mean(x.to(acc), channel_dims(x), correction=0)
             return mean, var
