@@ -215,3 +215,25 @@ def test_frozen_export_of_an_adapted_layer_keeps_its_activation() -> None:
     bnkit.from_frozen(model)
     assert type(model[1]) is timm_norm_act.BatchNormAct2d
     assert torch.equal(model(x), expected)
+
+
+class OnlyInEval(nn.BatchNorm1d):
+    """Reaches BatchNorm's forward in eval() only: a condition the source reading cannot see."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias)
+        return super().forward(x)
+
+
+def test_a_forward_that_skips_bnkit_in_one_phase_is_refused_in_that_phase() -> None:
+    layer = bnkit.freeze(randomize(OnlyInEval(3)))
+    x = torch.randn(8, 3) + 2
+    layer.eval()(x)  # reaches bnkit's forward: fine, and still watched for train()
+    before = [b.clone() for b in layer.buffers()]
+    for _ in range(2):  # refused, and stays refused
+        with pytest.raises(LayerError, match=r"does not run BatchNorm's forward .* in train\(\)"):
+            layer.train()(x)
+        assert all(torch.equal(a, b) for a, b in zip(before, layer.buffers(), strict=True))
+    with pytest.raises(LayerError):
+        layer.eval()(x)  # the class is refused in every phase from now on

@@ -1,10 +1,11 @@
 """The first-forward check of subclasses whose forward bnkit could not fully read.
 
 A managed layer whose class has its own ``forward`` (one that calls ``super().forward``, or one
-whose source cannot be read) is watched on its next forward: bnkit's forward must run inside
-it. If it does, the class is trusted from then on. If it does not, the layer's buffers are put
-back, an error is raised, and the class stays refused: every later forward of a managed layer
-of that class raises before it runs, and applying a policy to it is refused.
+whose source cannot be read) is watched until it has run in ``train()`` and in ``eval()``:
+bnkit's forward must run inside it in each phase (a condition in the forward may skip it in
+one). Once it has, the class is trusted. If it does not, the layer's buffers are put back, an
+error is raised, and the class stays refused: every later forward of a managed layer of that
+class raises before it runs, and applying a policy to it is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from bnkit.layers.state import state_of
 
 __all__ = ["ACTIVE", "mark", "refresh", "refusal", "verified"]
 
-_VERIFIED: set[type[nn.Module]] = set()
+_VERIFIED: set[tuple[type[nn.Module], bool]] = set()
+"""``(class, training)`` pairs whose forward was seen reaching bnkit's."""
 _REFUSED: dict[type[nn.Module], str] = {}
 ACTIVE: dict[int, bool] = {}
 """``id(layer) -> reached`` for the layers whose forward is being watched now."""
@@ -38,13 +40,13 @@ def refusal(cls: type[nn.Module]) -> str | None:
 
 
 def verified(cls: type[nn.Module]) -> bool:
-    """Whether a forward of ``cls`` was seen reaching bnkit's forward."""
-    return cls in _VERIFIED
+    """Whether forwards of ``cls`` were seen reaching bnkit's in both phases."""
+    return (cls, True) in _VERIFIED and (cls, False) in _VERIFIED
 
 
 def _needs_watch(cls: type[nn.Module]) -> bool:
     r = route(cls)
-    return r.verdict is Verdict.UNREADABLE or (bool(r.checked) and cls not in _VERIFIED)
+    return (r.verdict is Verdict.UNREADABLE or bool(r.checked)) and not verified(cls)
 
 
 def mark(layer: nn.Module) -> None:
@@ -82,13 +84,15 @@ def _after(module: nn.Module, args: Any, output: Any) -> None:
     reached = ACTIVE.pop(id(module), False)
     saved = _SAVED.pop(id(module), [])
     if reached:
-        _VERIFIED.add(cls)
+        _VERIFIED.add((cls, module.training))
         refresh(module)
         return
     for buf, old in zip(module.buffers(recurse=False), saved, strict=True):
         buf.copy_(old)
+    phase = "train()" if module.training else "eval()"
     reason = (
-        f"{cls.__name__}.forward does not run BatchNorm's forward (super().forward(x)), so "
+        f"{cls.__name__}.forward does not run BatchNorm's forward (super().forward(x)) in "
+        f"{phase}, so "
         f"bnkit cannot apply a policy to it; declare what it does around the normalization "
         f"with bnkit.register_layer({cls.__name__}, after=...), or call bnkit.unfreeze on it"
     )
