@@ -69,6 +69,7 @@ The strategies beyond plain BatchNorm:
 from bnkit.functional.normalize import (
     affine_normalize,
     normalize,
+    normalize_on_stats,
     normalize_with_batch,
     snapshot,
     transformed,
@@ -106,6 +107,7 @@ __all__ = [
     "mixed_normalize",
     "moments",
     "normalize",
+    "normalize_on_stats",
     "normalize_with_batch",
     "pool_into",
     "prior_mix",

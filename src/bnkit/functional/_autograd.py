@@ -15,7 +15,7 @@ from torch import Tensor
 
 from bnkit.functional.stats import moments, per_channel, values_per_channel
 
-__all__ = ["GhostBatchNorm", "MixedNormalize", "dense", "ghost_composite"]
+__all__ = ["BatchNormOnStats", "GhostBatchNorm", "MixedNormalize", "dense", "ghost_composite"]
 
 
 def dense(x: Tensor) -> Tensor:
@@ -30,6 +30,15 @@ def dense(x: Tensor) -> Tensor:
     if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
         return x
     return x.contiguous()
+
+
+def _format(x: Tensor) -> torch.memory_format:
+    """The memory format ``x`` is dense in (see :func:`dense`)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _saved_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
@@ -105,18 +114,21 @@ class GhostBatchNorm(torch.autograd.Function):
             gx, gw, gb = _grads(out, (x, weight, bias), dy)
             return gx, gw, gb, None, None, None
         dx = torch.empty_like(x)
-        dweight = dbias = None
+        dy = dy.contiguous(memory_format=_format(x))
+        channels = x.shape[1]
+        grad_dtype = weight.dtype if weight is not None else x.dtype
+        dweights = x.new_empty((len(ctx.sizes), channels), dtype=grad_dtype)
+        dbiases = x.new_empty((len(ctx.sizes), channels), dtype=grad_dtype)
         start = 0
         for i, size in enumerate(ctx.sizes):
             rows = slice(start, start + size)
-            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            torch.ops.aten.native_batch_norm_backward.out(
                 dy[rows], x[rows], weight, None, None, means[i], invstds[i], True, ctx.eps,
-                [True, True, True],
+                [True, True, True], out0=dx[rows], out1=dweights[i], out2=dbiases[i],
             )  # fmt: skip
-            dx[rows] = gx
-            dweight = gw if dweight is None else dweight + gw
-            dbias = gb if dbias is None else dbias + gb
             start += size
+        dweight = dweights.sum(0) if weight is not None else None
+        dbias = dbiases.sum(0) if bias is not None else None
         return (
             dx if needs[0] else None,
             dweight if needs[1] else None,
@@ -173,20 +185,67 @@ class MixedNormalize(torch.autograd.Function):
                 if bias is not None:
                     out = out + per_channel(bias, x)
             return (*_grads(out, (x, weight, bias), dy), *tail)
-        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            dy, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
+        # The reductions Σdy·x̂ and Σdy from BatchNorm's own backward kernel (one pass)...
+        _, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True]
         )
+        dx = None
         if needs[0]:
             invstd = torch.rsqrt(var + ctx.eps)
             gamma = invstd if weight is None else weight * invstd
             k = (1.0 - ctx.w) / ctx.n
             a = gamma * invstd * dweight * k
             c = gamma * dbias * k - a * batch_mean
-            # dx − (a·x + c), in place (no fresh full-size tensor)
-            dx = dx.addcmul_(x, per_channel(a, x), value=-1.0).sub_(per_channel(c, x))
+            # ...then dx = γs·dy − a·x − c in two passes (no third over dx)
+            dx = torch.addcmul(per_channel(-c, x).to(x.dtype), x, per_channel(-a, x).to(x.dtype))
+            dx.addcmul_(dy, per_channel(gamma, x).to(x.dtype))
         return (
             dx if needs[0] else None,
             dweight if needs[1] else None,
             dbias if needs[2] else None,
             *tail,
+        )
+
+
+class BatchNormOnStats(torch.autograd.Function):
+    """BatchNorm of ``x`` with its batch statistics computed beforehand (gradients flow through
+    them as in train mode): one normalizing pass forward, BatchNorm's own backward.
+
+    Batch renormalization needs the batch statistics before it can normalize (for ``r`` and
+    ``d``); with this function they are computed once instead of again inside the kernel.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        mean: Tensor,
+        var: Tensor,
+        eps: float,
+    ) -> Tensor:
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.eps = eps
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                out = F.batch_norm(x, None, None, weight, bias, True, 0.0, ctx.eps)
+            return (*_grads(out, (x, weight, bias), dy), None, None, None)
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, None, None, mean, invstd, True, ctx.eps, [needs[0], True, True]
+        )
+        return (
+            dx if needs[0] else None,
+            dweight if needs[1] else None,
+            dbias if needs[2] else None,
+            None,
+            None,
+            None,
         )

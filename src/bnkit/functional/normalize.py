@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnkit.functional import _autograd
 from bnkit.functional.stats import batch_stats, ema, per_channel, unbiased, values_per_channel
 
 __all__ = [
     "affine_normalize",
     "normalize",
+    "normalize_on_stats",
     "normalize_with_batch",
     "snapshot",
     "transformed",
@@ -79,6 +81,22 @@ def normalize_with_batch(
     ``factor``, in the same kernel as the normalization.
     """
     return F.batch_norm(x, running_mean, running_var, weight, bias, True, factor, eps)
+
+
+def normalize_on_stats(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+) -> Tensor:
+    """Normalize ``x`` with its batch ``mean`` and biased ``var``, computed beforehand; gradients
+    flow through them as in :func:`normalize_with_batch` (which would compute them again)."""
+    if torch.compiler.is_compiling() or transformed():
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    out: Tensor = _autograd.BatchNormOnStats.apply(x, weight, bias, mean, var, eps)  # type: ignore[no-untyped-call]
+    return out
 
 
 def affine_normalize(

@@ -62,8 +62,11 @@ def check_input(
         return
     if synchronized and plan.mode is not Normalize.GHOST:
         return  # counted over all ranks
-    if plan.mode is Normalize.PRIOR and not state.policy.uses_batch_stats(layer.training):
-        return
+    mode = plan.mode
+    if mode is Normalize.PRIOR and not state.policy.uses_batch_stats(layer.training):
+        mode = Normalize.RUNNING  # N = inf: running statistics (the batch only for an update)
+        if not plan.update:
+            return
     per_sample = BF.values_per_channel(x) // x.shape[0]
     if plan.mode is Normalize.GHOST:
         sizes = BF.ghost_sizes(x.shape[0], state.policy.ghost_size)
@@ -77,7 +80,7 @@ def check_input(
             )
     if BF.values_per_channel(x) <= 1:
         what = {Normalize.RUNNING: "an update of the running statistics"}.get(
-            plan.mode, "batch statistics"
+            mode, "batch statistics"
         )
         raise InputError(
             f"layer {label!r} needs more than 1 value per channel for {what} "

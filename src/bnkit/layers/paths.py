@@ -170,14 +170,29 @@ def _renorm(
     layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine: Affine, ex: Peers
 ) -> Tensor:
     """Batch renormalization: batch statistics corrected toward the running ones."""
+    p = state.policy
+    if p.r_max == 1 and p.d_max == 0:  # no correction ever: plain BatchNorm, bit for bit
+        return _batch(layer, state, plan, x, affine, ex)
     mean, var = running(layer, state)
     if plan.update:  # the update below must not change what r and d are computed from
         mean, var = BF.snapshot(mean), BF.snapshot(var)
     r_limit, d_limit = renorm_limits(layer, state)
-    if ex is None:
-        batch_mean, batch_var = BF.batch_stats(x)
+    if ex is None:  # one statistics pass (updating in it), one normalizing pass
+        update = Update(layer, state, plan) if plan.update else None
+        if update is None or update.deferred:
+            batch_mean, batch_var = BF.batch_stats(x)
+            if update is not None:
+                update.fold(batch_mean, batch_var, BF.values_per_channel(x))
+        else:
+            batch_mean, batch_var = BF.update_running_stats(
+                x, update.mean, update.var, update.factor
+            )
         r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
-        return _batch(layer, state, plan, x, BF.renorm_fold(*affine, r, d), None)
+        weight, bias = BF.renorm_fold(*affine, r, d)
+        out = BF.normalize_on_stats(x, weight, bias, batch_mean, batch_var, layer.eps)
+        if update is not None:
+            update.commit()
+        return out
     batch_mean, batch_var, n, _ = global_moments(x, ex)
     r, d = BF.renorm_correction(batch_mean, batch_var, mean, var, layer.eps, r_limit, d_limit)
     weight, bias = BF.renorm_fold(*affine, r, d)
