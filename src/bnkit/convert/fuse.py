@@ -24,7 +24,7 @@ from bnkit.convert._fold import fold
 from bnkit.convert._fuse_fx import find_by_fx
 from bnkit.convert._fuse_plan import FuseReport, Planner
 from bnkit.convert._fuse_trace import find_by_forward
-from bnkit.errors import FuseWarning, LayerError
+from bnkit.errors import FuseWarning
 from bnkit.layers.adapters import route
 from bnkit.layers.managed import original_class
 from bnkit.layers.select import unwrap
@@ -33,15 +33,6 @@ __all__ = ["FuseReport", "fuse", "fuse_plan"]
 
 M = TypeVar("M", bound=nn.Module)
 _log = logging.getLogger("bnkit")
-
-
-def _module(model: Any, call: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise LayerError(
-            f"bnkit.{call} expects a torch.nn.Module (got {type(model).__name__}); pass the "
-            "model itself"
-        )
-    return unwrap(model)
 
 
 def _plan(root: nn.Module, example_input: Any) -> FuseReport:
@@ -66,7 +57,7 @@ def fuse_plan(model: nn.Module, example_input: Any = None) -> FuseReport:
         LayerError: ``model`` is not an ``nn.Module``.
         InputError: the forward of ``example_input`` raised.
     """
-    return _plan(_module(model, "fuse_plan"), example_input)
+    return _plan(unwrap(model, "fuse_plan"), example_input)
 
 
 def fuse(model: M, example_input: Any = None) -> M:
@@ -95,7 +86,7 @@ def fuse(model: M, example_input: Any = None) -> M:
         LayerError: ``model`` is not an ``nn.Module``.
         InputError: the forward of ``example_input`` raised.
     """
-    fused = copy.deepcopy(_module(model, "fuse"))
+    fused = copy.deepcopy(unwrap(model, "fuse"))
     report = _plan(fused, example_input)
     if report.untraced:
         failed = "; ".join(f"{n!r} ({e})" for n, e in report.untraced)

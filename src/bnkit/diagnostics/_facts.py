@@ -78,12 +78,7 @@ class LayerFacts:
 
 def as_module(model: object, call: str) -> nn.Module:
     """The (unwrapped) model, or a DiagnosticError saying that ``call`` needs a module."""
-    if not isinstance(model, nn.Module):
-        raise DiagnosticError(
-            f"bnkit.{call} expects a torch.nn.Module (got {type(model).__name__}); pass the "
-            "model itself"
-        )
-    return unwrap(model)
+    return unwrap(model, call, DiagnosticError)
 
 
 def is_bnkit(layer: nn.Module) -> bool:

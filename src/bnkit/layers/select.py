@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnkit.errors import LayerError, SelectionError
+from bnkit.errors import BNKitError, LayerError, SelectionError
 
 __all__ = [
     "Where",
@@ -59,26 +59,29 @@ def lazy_reason(layer: nn.Module) -> str | None:
     return None
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: object, call: str = "", error: type[BNKitError] = LayerError) -> nn.Module:
     """The model inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``).
 
     Raises:
-        LayerError: ``model`` is not a ``torch.nn.Module``.
+        LayerError: ``model`` is not a ``torch.nn.Module`` (or ``error``, naming the bnkit
+            function ``call`` that was given it).
     """
     if not isinstance(model, nn.Module):
-        raise LayerError(
-            f"expected a torch.nn.Module (a model or a BatchNorm layer), got "
-            f"{type(model).__name__}; pass the model itself"
+        who = f"bnkit.{call} expects" if call else "expected"
+        raise error(
+            f"{who} a torch.nn.Module (got {type(model).__name__}); pass the model itself (or "
+            "a BatchNorm layer)"
         )
+    module: nn.Module = model
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            inner = model._orig_mod
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+            inner = module._orig_mod
             assert isinstance(inner, nn.Module)
-            model = inner
+            module = inner
         else:
-            return model
+            return module
 
 
 def bn_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
