@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bnkit.study.config.names import REAL, SYNTHETIC
+from bnkit.study.config.names import REAL
 from bnkit.study.config.parse import convert, read_toml
 from bnkit.study.config.validate import validate
 
@@ -38,9 +38,9 @@ class PretrainConfig:
     lr: float = 0.05
     weight_decay: float = 5e-4
     warmup_steps: int = 50
-    eval_every: int = 100
+    eval_every: int = 50
     patience: int = 3
-    max_steps: int = 1500
+    max_steps: int = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +90,7 @@ class FineTuneConfig:
     small-batch scenario without a shift (fine-tuning on more source-domain images).
     """
 
-    strategies: tuple[str, ...] = (
-        "pytorch",
-        "frozen_stats",
-        "frozen",
-        "bn_only",
-        "adabn_finetune",
-        "renorm",
-    )
+    strategies: tuple[str, ...] = ("pytorch", "frozen_stats", "bn_only", "adabn_finetune")
     shifts: tuple[str, ...] = ("none", "contrast", "mnist_to_digits")
     severity: int = 5
     shots: tuple[int, ...] = (10,)
@@ -148,8 +141,10 @@ class StudyConfig:
         image_size: side of the (square) images; every data set is resized to it.
         width: channels of the network's first stage.
         shifts: target domains: synthetic shifts of the digits (see
-            :mod:`bnkit.study.data.shifts`) and the real dataset shifts ``mnist_to_digits``
-            and ``digits_to_mnist``; ``"none"`` (the unshifted digits) is always added.
+            :mod:`bnkit.study.data.shifts`; ``shot_noise`` and ``pixelate`` are available but
+            left out of the default to keep it within 10 minutes on 2 cores) and the real
+            dataset shifts ``mnist_to_digits`` and ``digits_to_mnist``; ``"none"`` (the
+            unshifted digits) is always added.
         severities: severities 1–5 of the synthetic shifts.
         groupnorm: also train and score the GroupNorm twin (the control without batch stats).
     """
@@ -157,7 +152,16 @@ class StudyConfig:
     seeds: int = 5
     image_size: int = 16
     width: int = 16
-    shifts: tuple[str, ...] = (*SYNTHETIC, *REAL)
+    shifts: tuple[str, ...] = (
+        "contrast",
+        "brightness",
+        "inversion",
+        "gaussian_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "rotation",
+        *REAL,
+    )
     severities: tuple[int, ...] = (1, 3, 5)
     groupnorm: bool = True
     pretrain: PretrainConfig = PretrainConfig()
@@ -191,9 +195,8 @@ class StudyConfig:
                 strategies=("pytorch", "frozen_stats", "adabn_finetune"),
                 shifts=("none", "contrast"),
                 batch_sizes=(2,),
-                lrs=(1e-3, 1e-2),
             ),
-            bn_only=BnOnlyConfig(steps=200),
+            bn_only=BnOnlyConfig(steps=150),
         )
 
     @classmethod

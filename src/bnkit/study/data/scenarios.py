@@ -1,7 +1,7 @@
 """Which images a target domain is made of, per seed: the built-in scenarios.
 
 Every data set is split per seed (stratified, disjoint) into the five parts of
-:class:`~bnkit.study.data.domain.Split` with the shares :data:`FRACTIONS`. A target is
+:class:`~bnkit.study.data.domain.Split` with the shares of :data:`FRACTIONS`. A target is
 
 * ``"none"``: the digits' target parts, unshifted (the reference, and the fine-tuning scenario
   "small batches without a shift");
@@ -21,8 +21,9 @@ from bnkit.study.data.sources import load
 
 __all__ = ["FRACTIONS", "family", "source_dataset", "split_of", "target_dataset", "target_parts"]
 
-FRACTIONS = (0.45, 0.1, 0.15, 0.1, 0.2)
-"""Shares of each class in source_train, source_val, target_pool, target_val, target_test."""
+FRACTIONS = {"digits": (0.45, 0.1, 0.15, 0.1, 0.2), "mnist": (0.5, 0.1, 0.1, 0.1, 0.1)}
+"""Per data set, the shares of each class in source_train, source_val, target_pool,
+target_val and target_test (MNIST: 2,500 / 500 / 500 / 500 / 500 images)."""
 
 
 def source_dataset(shift: str) -> str:
@@ -47,7 +48,7 @@ def family(shift: str) -> str:
 @functools.lru_cache(maxsize=16)
 def split_of(name: str, image_size: int, seed: int) -> Split:
     """The five parts of data set ``name`` for ``seed``."""
-    parts = split(load(name, image_size), FRACTIONS, rng_for(seed, "split", name))
+    parts = split(load(name, image_size), FRACTIONS[name], rng_for(seed, "split", name))
     return Split(*parts)
 
 

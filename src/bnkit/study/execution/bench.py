@@ -175,9 +175,14 @@ class Bench:
         return self._models[key]
 
     def source_models(self) -> list[tuple[str, str]]:
-        """The (data set, norm) pairs whose source models the grid needs."""
+        """The (data set, norm) pairs whose source models the grid needs (the GroupNorm twin
+        only on the digits, where the synthetic shifts are)."""
         sets = {self.source_of(s) for s, _ in (*self.targets(), *self.finetune_targets())}
-        return [(d, n) for d in sorted(sets) for n in self.norms]
+        return [(d, n) for d in sorted(sets) for n in self.norms if n == "bn" or d == "digits"]
+
+    def has_model(self, shift: str, norm: str) -> bool:
+        """Whether the grid runs the ``norm`` model on targets of ``shift``."""
+        return (self.source_of(shift), norm) in self.source_models()
 
     def describe(self) -> dict[str, Any]:
         """Plain data about the bench, for the report."""

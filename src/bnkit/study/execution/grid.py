@@ -6,7 +6,7 @@ Test-time protocol, per seed and target (shift, severity):
   shifts): ``source``; ``adabn`` for every ``adabn_n`` (0: the whole pool); ``test_batch``,
   ``prior`` and ``adapt`` at every test batch size and stream; ``tent`` on every stream at the
   TENT batch size; on the ``stress_shifts``, ``tent_long`` and ``tent_reset`` (i.i.d.); the
-  GroupNorm twin's ``source``;
+  GroupNorm twin's ``source`` (on targets of the digits' source model);
 * at the other severities: ``source``, ``adabn`` on the whole pool, ``test_batch`` at the
   largest batch size and the GroupNorm ``source``.
 
@@ -39,7 +39,7 @@ def _test_time(bench: Bench, seed: int, shift: str, sev: int) -> list[Cell]:
     def add(model: str, strategy: str, **kw: object) -> None:
         cells.append(Cell("test_time", model, strategy, shift, sev, seed=seed, **kw))  # type: ignore[arg-type]
 
-    if "gn" in bench.norms and "source" in chosen:
+    if bench.has_model(shift, "gn") and "source" in chosen:
         add("gn", "source")
     if "source" in chosen:
         add("bn", "source")
@@ -83,7 +83,7 @@ def grid(bench: Bench) -> list[Cell]:
                         kw = {"batch_size": bs, "k": k, "lr": lr, "seed": seed}
                         for name in ft.strategies:
                             cells.append(Cell("finetune", "bn", name, shift, sev, **kw))  # type: ignore[arg-type]
-                        if "gn" in bench.norms:
+                        if bench.has_model(shift, "gn"):
                             cells.append(Cell("finetune", "gn", "pytorch", shift, sev, **kw))  # type: ignore[arg-type]
         if bench.has_bn_only():
             cells.append(Cell("bn_only", "bn", "scratch", "source", 0, seed=seed))

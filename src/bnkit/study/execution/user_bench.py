@@ -178,6 +178,9 @@ class UserBench(Bench):
     def source_models(self) -> list[tuple[str, str]]:
         return [("user", n) for n in self.norms]
 
+    def has_model(self, shift: str, norm: str) -> bool:
+        return norm in self.norms
+
     def describe(self) -> dict[str, Any]:
         parts = self._split(0)
         names = ("source_train", "source_val", "target_pool", "target_val", "target_test")

@@ -9,6 +9,7 @@ images and source model).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -59,6 +60,7 @@ class Summary(tuple[float, float, int]):
         return f"{100 * self.mean:.{digits}f} ± {100 * self.ci:.{digits}f}"
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(dof: int, q: float = 0.975) -> float:
     """The ``q`` quantile of Student's t distribution with ``dof`` degrees of freedom."""
     from scipy import stats
