@@ -8,11 +8,11 @@ import math
 from typing import Any
 
 import pytest
+from tests.study.results.world import results, universe
 
 from bnkit.study.results.checks import CHECKS, run_checks
 from bnkit.study.results.rules import Rule, decide, run_rules
 from bnkit.study.results.stats import Summary
-from tests.study.results.world import results, universe
 
 DELTA = {
     # kind: (A − B when the claim holds, A − B when the rows contradict it)

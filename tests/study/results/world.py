@@ -38,7 +38,10 @@ def row(protocol: str, model: str, strategy: str, target: tuple[Any, ...], seed:
 def universe(seeds: int = SEEDS) -> list[dict[str, Any]]:
     rows = []
     for seed, t in itertools.product(range(seeds), TARGETS):
-        rows += [row("test_time", "bn", "source", t, seed), row("test_time", "gn", "source", t, seed)]
+        rows += [
+            row("test_time", "bn", "source", t, seed),
+            row("test_time", "gn", "source", t, seed),
+        ]
         rows += [row("test_time", "bn", "adabn", t, seed, n=n) for n in (0, 16)]
         for name, bs, stream in itertools.product(
             ("test_batch", "prior", "adapt"), (1, 4, 64), ("iid", "sorted", "dirichlet")

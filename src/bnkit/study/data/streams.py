@@ -4,9 +4,10 @@
 * ``"sorted"``: grouped by label (classes in a random order, each class shuffled), the
   label-sorted stream of non-i.i.d. test-time adaptation benchmarks (SAR, TTAB).
 * ``"dirichlet"``: temporally correlated labels, as in NOTE and RoTTA: the stream is cut into
-  ``slots`` consecutive slots, each class spreads its samples over the slots in proportions
-  drawn from Dirichlet(α); small α puts most of a class in a few slots, so neighbouring
-  batches share labels, large α approaches an i.i.d. stream.
+  :data:`SLOTS` consecutive slots, each class spreads its samples over the slots in proportions
+  drawn from Dirichlet(α), and within a slot the classes follow each other in a random order
+  (each class in one run). Small α puts most of a class in one or two slots (few long runs,
+  close to the label-sorted stream); large α puts every class in every slot (many short runs).
 
 :func:`long_stream` repeats a test set in fresh orders, for the stress arms that need
 thousands of updates.
@@ -43,7 +44,8 @@ def stream_order(
             cuts = np.round(np.cumsum(shares)[:-1] * idx.size).astype(int)
             for slot, chunk in zip(slots, np.split(idx, cuts), strict=True):
                 slot.append(chunk)
-        return np.concatenate([rng.permutation(np.concatenate(s)) for s in slots]).astype(np.int64)
+        runs = [slot[i] for slot in slots for i in rng.permutation(len(slot))]
+        return np.concatenate(runs).astype(np.int64)
     raise ValueError(f"stream must be 'iid', 'sorted' or 'dirichlet' (got {kind!r})")
 
 

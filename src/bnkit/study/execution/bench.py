@@ -41,12 +41,18 @@ class UserSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BenchSpec:
-    """Everything a process needs to rebuild the bench (plain, picklable data)."""
+    """Everything a process needs to rebuild the bench (plain, picklable data).
+
+    ``run`` names one call of the runner, so a bench (with the models and data it holds in
+    memory) never outlives the run it was made for: a checkpoint or an image rewritten
+    between two runs in one process is read again.
+    """
 
     config: StudyConfig
     cache_dir: str
     device: str
     user: UserSpec | None = None
+    run: str = ""
 
 
 class Bench:

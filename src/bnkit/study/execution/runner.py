@@ -16,6 +16,7 @@ import os
 import platform
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def execute(
     if threads is not None and threads < 1:
         raise StudyError(f"threads must be at least 1 (got {threads})")
     check_out(out)
-    spec = BenchSpec(config, str(cache or out / "cache"), dev, user)
+    spec = BenchSpec(config, str(cache or out / "cache"), dev, user, uuid.uuid4().hex)
     bench = make_bench(spec)
     cells = grid(bench)
     run_id = run_identity(dev, bench.image_size)

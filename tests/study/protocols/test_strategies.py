@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 
 import bnkit
-from bnkit._surgery import bn_layers
-from bnkit.study.models import build_model
-from bnkit.study.strategies import FINETUNE, TEST_TIME, FineTuneContext, StreamContext
+from bnkit import bn_layers
+from bnkit.study.models.resnet import build_model
+from bnkit.study.protocols.finetune import FineTuneContext, finetune
+from bnkit.study.protocols.test_time import TEST_TIME, StreamContext
 
 
 def source_model() -> nn.Module:
@@ -34,8 +35,7 @@ def context(**changes: object) -> StreamContext:
         "prior_strength": 16.0,
         "adapt_momentum": 0.01,
         "tent_lr": 1e-3,
-        "stress_lr": 1e-2,
-        "stress_passes": 2,
+        "reset_every": 2,
     }
     values.update(changes)
     return StreamContext(**values)  # type: ignore[arg-type]
@@ -93,12 +93,21 @@ def test_adapt_normalizes_the_first_batch_with_the_source_statistics_then_follow
     assert not torch.allclose(flipped[order][5:], adapted[5:])  # the stream order matters
 
 
-def test_tent_learns_along_the_stream_and_the_stress_arm_is_tent_with_other_settings() -> None:
-    ctx = context(batch_size=8, tent_lr=1e-2, stress_lr=1e-2, stress_passes=1)
-    tent, stress = run("tent", ctx), run("tent_stress", ctx)
-    torch.testing.assert_close(tent, stress)
+def test_tent_learns_along_the_stream_and_the_long_arm_is_tent_on_a_long_stream() -> None:
+    ctx = context(batch_size=8, tent_lr=1e-2)
+    tent, long = run("tent", ctx), run("tent_long", ctx)
+    torch.testing.assert_close(tent, long)
     torch.testing.assert_close(tent[:8], run("test_batch", context(batch_size=8))[:8])
     assert not torch.allclose(tent[8:], run("test_batch", context(batch_size=8))[8:])
+
+
+def test_tent_reset_returns_to_the_source_model_every_reset_every_batches() -> None:
+    stream = torch.rand(6, 1, 8, 8).repeat(3, 1, 1, 1)  # the same 6 images three times
+    ctx = context(batch_size=3, tent_lr=5e-2, reset_every=2, stream=stream)
+    reset, plain = run("tent_reset", ctx), run("tent", ctx)
+    torch.testing.assert_close(reset[6:12], reset[:6])  # after a reset: the same outputs
+    torch.testing.assert_close(reset[:6], plain[:6])
+    assert not torch.allclose(plain[6:12], plain[:6])  # without one, TENT moved on
 
 
 def finetune_context(batch_size: int = 8, lr: float = 0.05) -> FineTuneContext:
@@ -107,19 +116,23 @@ def finetune_context(batch_size: int = 8, lr: float = 0.05) -> FineTuneContext:
         x=torch.rand(20, 1, 8, 8),
         y=torch.randint(0, 10, (20,)),
         pool=torch.rand(40, 1, 8, 8),
+        val_x=torch.rand(12, 1, 8, 8),
+        val_y=torch.randint(0, 10, (12,)),
         batch_size=batch_size,
-        steps=3,
+        steps=4,
+        warmup=1,
         lr=lr,
+        curve_points=3,
         ghost_size=4,
         generator=torch.Generator().manual_seed(0),
     )
 
 
-def finetune(name: str, batch_size: int = 8, lr: float = 0.05) -> tuple[nn.Module, nn.Module]:
+def finetuned(name: str, batch_size: int = 8, lr: float = 0.05) -> tuple[nn.Module, nn.Module]:
     before = source_model()
     model = copy.deepcopy(before)
-    ctx = finetune_context(batch_size, lr)
-    FINETUNE[name].fn(model, ctx)
+    curve = finetune(model, name, finetune_context(batch_size, lr))
+    assert len(curve) == 3 and all(0 <= c <= 1 for c in curve)
     assert not model.training
     return before, model
 
@@ -160,12 +173,12 @@ def kinds(names: set[str]) -> set[str]:
     ],
 )
 def test_each_finetuning_strategy_trains_what_it_says(name: str, want: set[str]) -> None:
-    before, after = finetune(name)
+    before, after = finetuned(name)
     assert kinds(changed(before, after)) == want
 
 
 def test_adabn_finetune_recalibrates_on_the_pool_then_keeps_those_statistics() -> None:
-    before, after = finetune("adabn_finetune")
+    before, after = finetuned("adabn_finetune")
     assert kinds(changed(before, after)) == {"conv", "head", "affine", "stats"}
     recal = copy.deepcopy(before)
     bnkit.recalibrate(recal, finetune_context().pool.split(64), progress=False)
@@ -174,7 +187,18 @@ def test_adabn_finetune_recalibrates_on_the_pool_then_keeps_those_statistics() -
 
 
 def test_ghost_at_a_batch_no_larger_than_the_ghost_is_plain_batchnorm() -> None:
-    _, ghost = finetune("ghost", batch_size=4)
-    _, plain = finetune("pytorch", batch_size=4)
+    _, ghost = finetuned("ghost", batch_size=4)
+    _, plain = finetuned("pytorch", batch_size=4)
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(ghost.state_dict()[key], value)
+
+
+def test_the_curve_starts_before_training_and_ends_at_the_final_model() -> None:
+    model = source_model()
+    ctx = finetune_context()
+    with torch.no_grad():
+        start = float((model.eval()(ctx.val_x).argmax(1) == ctx.val_y).double().mean())
+    curve = finetune(model, "pytorch", ctx)
+    with torch.no_grad():
+        end = float((model.eval()(ctx.val_x).argmax(1) == ctx.val_y).double().mean())
+    assert curve[0] == pytest.approx(start) and curve[-1] == pytest.approx(end)

@@ -1,4 +1,4 @@
-"""Accuracy, expected calibration error, and mean ± 95% CI over seeds."""
+"""Accuracy, the share of non-finite outputs, and the expected calibration error."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 
-from bnkit.study.metrics import accuracy, ece, nonfinite, summarize
+from bnkit.study.models.scores import accuracy, ece, nonfinite
 
 
 def test_ece_on_a_hand_made_example() -> None:
@@ -38,21 +37,3 @@ def test_nonfinite_logits_count_as_wrong_and_are_left_out_of_ece() -> None:
     assert nonfinite(logits) == pytest.approx(2 / 3)
     assert ece(logits, labels) == pytest.approx(ece(logits[:1], labels[:1]))
     assert math.isnan(ece(logits[1:], labels[1:]))
-
-
-def test_summary_is_the_t_interval() -> None:
-    values = [0.8, 0.9, 0.85, 0.95, 0.7]
-    s = summarize(values)
-    sem = stats.sem(values)
-    assert s.mean == pytest.approx(0.84)
-    assert s.ci == pytest.approx(stats.t.ppf(0.975, 4) * sem)
-    assert s.ci == pytest.approx(2.7764451 * sem)
-    lo, hi = stats.t.interval(0.95, 4, loc=s.mean, scale=sem)
-    assert (s.mean - s.ci, s.mean + s.ci) == pytest.approx((lo, hi))
-    assert s.n == 5 and s.percent() == f"{84.0:.1f} ± {100 * s.ci:.1f}"
-
-
-def test_summary_of_one_or_no_values() -> None:
-    one = summarize([0.5])
-    assert one.mean == 0.5 and math.isnan(one.ci) and one.percent() == "50.0"
-    assert summarize([]).n == 0 and summarize([]).percent() == "–"

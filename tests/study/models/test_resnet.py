@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bnkit._surgery import bn_layers
-from bnkit.study.models import build_model, norm_layer
+from bnkit import bn_layers
+from bnkit.study.models.resnet import build_model, norm_layer
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn"])

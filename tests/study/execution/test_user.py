@@ -1,85 +1,30 @@
-"""The user's own model and data: image folders, factories, checkpoints, clear errors."""
+"""The user's own data: image folders, factories, checkpoints, the built-in model, clear errors."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tests.study.execution.userdata import make_tree, models
 
 from bnkit.errors import StudyError
 from bnkit.study import Results, StudyConfig, UserSpec, render, run
-from bnkit.study.bench import BenchSpec, make_bench
+from bnkit.study.execution.bench import Bench, BenchSpec
+from bnkit.study.execution.benches import make_bench
 
-MODELS = """
-import torch
-import torch.nn as nn
-
-
-def bn_net():
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
-    )
-
-
-def no_bn():
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-
-
-def not_a_module():
-    return "a string"
-
-
-def three_classes():
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
-
-
-def datasets():
-    g = torch.Generator().manual_seed(0)
-    def make(offset):
-        images = [torch.rand(1, 8, 8, generator=g) * 0.5 for _ in range(48)]
-        return [(x + offset * (i % 2), i % 2) for i, x in enumerate(images)]
-    return make(0.3), make(0.1)
-"""
+__all__ = ["models"]
 
 CONFIG = {
-    "seeds": 1,
-    "pretrain": {"epochs": 2, "batch_size": 16},
-    "test_time": {"batch_sizes": [1, 8], "adabn_n": [4, "all"], "stress_passes": 1},
-    "finetune": {"shots": [5, 50], "batch_sizes": [2], "steps": 2, "lrs": [1e-3]},
-}
+    "seeds": 2,
+    "pretrain": {"max_steps": 20, "eval_every": 10, "warmup_steps": 2, "batch_size": 16},
+    "test_time": {"batch_sizes": [1, 8], "adabn_n": [4, "all"], "stress_images": 64},
+    "finetune": {"shots": [5, 50], "batch_sizes": [2], "steps": 2, "warmup_steps": 0,
+                 "lrs": [1e-3], "curve_points": 2, "strategies": ["pytorch", "frozen_stats"]},
+}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("models")
-    (folder / "bnkit_user_models.py").write_text(MODELS, encoding="utf-8")
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
-    sys.modules.pop("bnkit_user_models", None)
-
-
-def make_tree(root: Path, classes: dict[str, tuple[str, ...]] | None = None, n: int = 24) -> Path:
-    rng = np.random.default_rng(0)
-    classes = classes or {"source": ("cat", "dog"), "target": ("cat", "dog")}
-    for domain, names in classes.items():
-        for label, name in enumerate(names):
-            folder = root / domain / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = 60 + 120 * label + (40 if domain == "target" else 0)
-                pixels = np.clip(rng.normal(base, 20, (8, 8)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
-    return root
-
-
-def bench(data: str, model: str = "bnkit_user_models:bn_net", **kw: object) -> object:
+def bench(data: str, model: str | None = "bnkit_user_models:bn_net", **kw: object) -> Bench:
     config = StudyConfig().replace_from(CONFIG)
     return make_bench(BenchSpec(config, "unused", "cpu", UserSpec(model, data, **kw)))  # type: ignore[arg-type]
 
@@ -89,20 +34,31 @@ def test_a_study_on_image_folders(models: Path, tmp_path: Path) -> None:
     config = StudyConfig().replace_from(CONFIG)
     spec = UserSpec("bnkit_user_models:bn_net", str(data))
     results = run(config, out=tmp_path / "out", workers=1, user=spec, progress=False)
-    assert {r["shift"] for r in results.rows} == {"target"}
+    assert {r["shift"] for r in results.rows if r["protocol"] != "bn_only"} == {"target"}
     assert {r["family"] for r in results.rows} == {"user"}
     assert {r["k"] for r in results.rows if r["protocol"] == "finetune"} == {5}  # 50 > pool
     assert not [r for r in results.rows if r["model"] == "gn" or r["protocol"] == "bn_only"]
     status = {c["name"]: c["status"] for c in results.checks}
     assert status["adabn_photometric"] == status["rotation_control"] == "NOT RUN"
-    assert status["sorted_stream"] in ("PASS", "FAIL")
     assert results.meta["sizes"] == {
-        "source_train": 44,
-        "source_val": 4,
-        "target_pool": 24,
-        "target_test": 24,
-    }
+        "user": {"source_train": 44, "source_val": 4, "target_pool": 20, "target_val": 8,
+                 "target_test": 20}
+    }  # fmt: skip
     assert (render(results, tmp_path / "out")).exists()
+
+
+def test_data_alone_runs_with_the_built_in_model_trained_to_convergence(
+    tmp_path: Path,
+) -> None:
+    data = make_tree(tmp_path / "data")
+    config = StudyConfig().replace_from({**CONFIG, "finetune": {"strategies": []}})
+    spec = UserSpec(None, str(data))
+    results = run(config, out=tmp_path / "out", workers=1, user=spec, progress=False)
+    assert {m["model"] for m in results.meta["source_models"]} == {"bn", "gn"}
+    assert all(0 <= m["val_accuracy"] <= 1 for m in results.meta["source_models"])
+    assert "ResNetSmall" in results.meta["model"]
+    report = (render(results, tmp_path / "out")).with_suffix(".md").read_text(encoding="utf-8")
+    assert "held-out source accuracy" in report
 
 
 def test_a_checkpoint_is_the_source_model_and_a_data_factory_works(
@@ -114,10 +70,31 @@ def test_a_checkpoint_is_the_source_model_and_a_data_factory_works(
     net = bnkit_user_models.bn_net()
     torch.save(net.state_dict(), tmp_path / "weights.pt")
     b = bench("bnkit_user_models:datasets", checkpoint=str(tmp_path / "weights.pt"))
-    got = b.source_model("bn", 0)  # type: ignore[attr-defined]
+    got = b.source_model("user", "bn", 0)
     for key, value in net.state_dict().items():
         assert torch.equal(got.model.state_dict()[key], value)
     assert b.classes == ["0", "1"] and b.source.x.shape == (48, 1, 8, 8)  # type: ignore[attr-defined]
+
+
+def test_labels_3_and_7_are_mapped_when_the_study_trains_the_model(
+    models: Path, tmp_path: Path
+) -> None:
+    """Regression: a factory with labels {3, 7} ran with exit code 0 and scored 0%."""
+    config = StudyConfig().replace_from({**CONFIG, "finetune": {"strategies": []}})
+    spec = UserSpec("bnkit_user_models:bn_net", "bnkit_user_models:three_and_seven")
+    results = run(config, out=tmp_path / "out", workers=1, user=spec, progress=False)
+    assert results.meta["labels"] == "3→0, 7→1"
+    source = results.select(strategy="source")
+    assert sum(r["accuracy"] for r in source) / len(source) > 0.5  # scored against outputs 0, 1
+    assert "3→0, 7→1" in (render(results, tmp_path / "out")).read_text(encoding="utf-8")
+
+
+def test_labels_3_and_7_with_a_checkpoint_are_refused(models: Path, tmp_path: Path) -> None:
+    import bnkit_user_models
+
+    torch.save(bnkit_user_models.bn_net().state_dict(), tmp_path / "w.pt")
+    with pytest.raises(StudyError, match=r"labels \[3, 7\] are not indices of the 2 outputs"):
+        bench("bnkit_user_models:three_and_seven", checkpoint=str(tmp_path / "w.pt"))
 
 
 @pytest.mark.parametrize(
@@ -157,7 +134,8 @@ def test_empty_class_missing_data_and_unreadable_images(models: Path, tmp_path: 
     [
         ("bnkit_user_models:no_bn", "has no BatchNorm layer"),
         ("bnkit_user_models:not_a_module", "returned str; it must return a torch.nn.Module"),
-        ("bnkit_user_models:three_classes", r"logits of shape \(N, 2\)"),
+        ("bnkit_user_models:one_output", "has 1 outputs, but the data has 2 classes"),
+        ("bnkit_user_models:broken", "failed: RuntimeError: cannot build"),
         ("bnkit_user_models:nothing", "has no 'nothing'"),
         ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
         ("bnkit_user_models", "must be written package.module:function"),
@@ -179,5 +157,5 @@ def test_a_checkpoint_that_does_not_fit(models: Path, tmp_path: Path) -> None:
         bench(str(data), checkpoint=str(tmp_path / "junk.pt"))
 
 
-def test_results_are_plain_data(models: Path, tmp_path: Path) -> None:
+def test_results_are_plain_data() -> None:
     assert Results.__dataclass_fields__.keys() == {"rows", "config", "meta", "checks"}

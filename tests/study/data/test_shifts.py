@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnkit.study.shifts import SHIFTS, apply_shift, box_resize, defocus_kernel, levels
+from bnkit.study.data.shifts import SHIFTS, apply_shift, box_resize, defocus_kernel, levels
 
 
 def images(n: int = 16, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -51,17 +51,18 @@ def test_brightness_adds_its_offset_and_inversion_flips() -> None:
 def test_gaussian_noise_has_its_sigma_and_grows_with_severity() -> None:
     x = np.full((64, 1, 16, 16), 0.5, dtype=np.float32)
     stds = [float((apply_shift(x, "gaussian_noise", s, rng(s)) - x).std()) for s in range(1, 6)]
-    np.testing.assert_allclose(stds, [0.04, 0.06, 0.08, 0.09, 0.10], rtol=0.03)
+    np.testing.assert_allclose(stds[:3], [0.08, 0.12, 0.18], rtol=0.05)  # clipping above
+    assert stds == sorted(stds)
 
 
 def test_shot_noise_is_poisson_at_rate_lambda() -> None:
     x = np.full((64, 1, 16, 16), 0.5, dtype=np.float32)
-    y = apply_shift(x, "shot_noise", 5, rng())  # lambda = 50: var = x / 50
+    y = apply_shift(x, "shot_noise", 1, rng())  # lambda = 60: var = x / 60 (no clipping)
     assert abs(float(y.mean()) - 0.5) < 0.005
-    assert abs(float(y.var()) - 0.5 / 50) < 0.001
+    assert abs(float(y.var()) - 0.5 / 60) < 0.001
 
 
-@pytest.mark.parametrize(("severity", "amount"), [(1, 0.01), (5, 0.07)])
+@pytest.mark.parametrize(("severity", "amount"), [(1, 0.03), (5, 0.27)])
 def test_impulse_noise_sets_its_share_of_pixels_to_0_or_1(severity: int, amount: float) -> None:
     x = np.full((64, 1, 16, 16), 0.5, dtype=np.float32)
     y = apply_shift(x, "impulse_noise", severity, rng())

@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from bnkit.study import Results, render
 from bnkit.study.plots import FIGURES
 from bnkit.study.report import checks_table
 from bnkit.study.tables import finetune_table, headline_table
+
+from bnkit.study import Results, render
 
 
 def test_render_writes_every_file(tiny_run: tuple[Results, Path], tmp_path: Path) -> None:

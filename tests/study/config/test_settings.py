@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bnkit.errors import StudyError
-from bnkit.study.config import StudyConfig
+from bnkit.study.config.settings import StudyConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -22,6 +22,9 @@ def test_default_and_quick_are_valid_and_differ() -> None:
     assert d.test_time.adabn_n[-1] is None
     assert len(q.shifts) < len(d.shifts)
     assert d.to_dict()["test_time"]["adabn_n"][-1] == "all"
+    assert {"mnist_to_digits", "digits_to_mnist"} <= set(d.shifts)
+    assert d.finetune.steps >= 200 and len(d.finetune.lrs) >= 3 and d.finetune.warmup_steps > 0
+    assert "dirichlet" in d.test_time.streams and d.test_time.stress_images >= 2000
 
 
 def test_toml_overrides_only_what_it_sets(tmp_path: Path) -> None:
@@ -53,6 +56,14 @@ def test_toml_overrides_only_what_it_sets(tmp_path: Path) -> None:
         ("severities = [6]", "severities are 1 to 5"),
         ("test_time = 3", "[test_time] must be a table"),
         ("seeds = [", "not valid TOML"),
+        ("[test_time]\ntent_lr = -1", "test_time tent_lr must be a positive number"),
+        ("[finetune]\nlrs = [1e-3, 0]", "finetune lr 0.0 must be a positive number"),
+        ("[finetune]\nwarmup_steps = 300", "finetune: 0 <= warmup < steps"),
+        ("[test_time]\nstreams = ['random']", "unknown streams ['random']"),
+        ("[test_time]\nadapt_momentum = 0", "adapt_momentum must be in"),
+        ("[verdicts]\nlevel = 1.5", "verdicts level must be in"),
+        ("[pretrain]\npatience = 0", "pretrain max_steps, eval_every and patience"),
+        ("shifts = ['mnist_to_fashion']", "unknown shifts ['mnist_to_fashion']"),
     ],
 )
 def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
@@ -65,14 +76,23 @@ def test_missing_file(tmp_path: Path) -> None:
         StudyConfig.from_toml(tmp_path / "nope.toml")
 
 
-def test_settings_hash_ignores_grid_axes_but_not_settings() -> None:
+def test_a_config_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# réglages\nseeds = 2\n".encode("latin-1"))
+    with pytest.raises(StudyError, match="is not UTF-8 text"):
+        StudyConfig.from_toml(path)
+
+
+def test_settings_for_a_protocol_ignore_grid_axes_but_not_settings() -> None:
     base = StudyConfig()
     more = base.replace_from(
         {"seeds": 9, "shifts": ["contrast"], "test_time": {"batch_sizes": [2]}}
     )
-    assert base.settings_hash("test_time") == more.settings_hash("test_time")
-    lr = base.replace_from({"test_time": {"tent_lr": 0.5}})
-    assert base.settings_hash("test_time") != lr.settings_hash("test_time")
-    assert base.settings_hash("finetune") == lr.settings_hash("finetune")
+    assert base.settings_for("test_time") == more.settings_for("test_time")
+    lr = base.replace_from({"test_time": {"stress_lr": 0.5}})
+    assert base.settings_for("test_time") != lr.settings_for("test_time")
+    assert base.settings_for("finetune") == lr.settings_for("finetune")
     width = base.replace_from({"width": 8})
-    assert base.settings_hash("finetune") != width.settings_hash("finetune")
+    assert base.settings_for("finetune") != width.settings_for("finetune")
+    steps = base.replace_from({"finetune": {"steps": 300}})
+    assert base.settings_for("finetune") != steps.settings_for("finetune")
