@@ -7,11 +7,16 @@ import re
 from pathlib import Path
 
 import pytest
-from bnkit.study.plots import FIGURES
-from bnkit.study.report import checks_table
-from bnkit.study.tables import finetune_table, headline_table
 
 from bnkit.study import Results, render
+from bnkit.study.results.plots import FIGURES
+from bnkit.study.results.report import checks_table
+from bnkit.study.results.tables import (
+    calibration_table,
+    finetune_table,
+    headline_table,
+    stream_table,
+)
 
 
 def test_render_writes_every_file(tiny_run: tuple[Results, Path], tmp_path: Path) -> None:
@@ -29,29 +34,43 @@ def test_render_writes_every_file(tiny_run: tuple[Results, Path], tmp_path: Path
     assert "<script" not in html and "http" not in html  # nothing to fetch
     for name in pngs:
         assert f"](plots/{name}.png)" in md
-    for text in ("## What to do", "## Directional checks", "strategy × shift", "Source models"):
+    for text in (
+        "## What to do", "## Directional checks", "## Which targets inform the verdicts",
+        "strategy × target", "## Test streams", "Source models", "rules ran",
+    ):  # fmt: skip
         assert text in md
     assert "nan" not in md.lower().replace("nonfinite", "")
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_tables_and_checks_cover_the_grid(tiny_run: tuple[Results, Path]) -> None:
+def test_tables_show_the_baseline_then_paired_differences(tiny_run: tuple[Results, Path]) -> None:
     results, _ = tiny_run
     head = headline_table(results)
-    assert [r["strategy"].split(" ")[0] for r in head][:2] == ["source", "adabn"]
+    assert head[0]["strategy"] == "source (baseline)"
     assert list(head[0])[1:4] == ["none", "contrast", "rotation"]
-    assert all("±" in v for r in head for k, v in r.items() if k != "strategy")
+    assert not head[0]["contrast"].startswith(("+", "-"))  # an accuracy
+    assert all(v == "–" or v[0] in "+-" for r in head[1:] for k, v in r.items() if k != "strategy")
     ft = finetune_table(results)
-    assert [r["strategy"] for r in ft] == ["pytorch", "frozen_stats", "GroupNorm twin: fine-tune"]
-    assert len(ft[0]) == 1 + 2  # two batch sizes, one lr
+    assert [r["strategy"] for r in ft] == ["pytorch (baseline)", "frozen_stats", "GroupNorm twin"]
+    assert set(ft[0]) == {"strategy", "no shift, batch 2", "no shift, batch 8", "shifted, batch 2",
+                          "shifted, batch 8", "chosen lr"}  # fmt: skip
+    assert {r["strategy"] for r in stream_table(results)} <= {
+        "test_batch",
+        "prior",
+        "adapt",
+        "tent",
+    }
+    cal = calibration_table(results)
+    assert cal[0]["target"] == "none" and cal[0]["used in verdicts"] == "reference"
     checks = checks_table(results)
-    assert {c["result"] for c in checks} <= {"PASS", "FAIL", "NOT RUN"}
-    assert len(checks) == 10
+    assert {c["result"] for c in checks} <= {"PASS", "FAIL", "UNDECIDED", "NOT RUN"}
+    assert len(checks) == 16 and all(c["rule"].startswith("paired Δ") for c in checks)
 
 
 def test_every_figure_has_its_legend(
     tiny_run: tuple[Results, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bnkit.study import plots
+    from bnkit.study.results import plots
 
     results, _ = tiny_run
     legends = []
