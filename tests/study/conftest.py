@@ -14,7 +14,7 @@ TINY_TOML = """
 seeds = 2
 image_size = 8
 width = 4
-shifts = ["contrast", "rotation", "mnist_to_digits"]
+shifts = ["contrast", "rotation"]
 severities = [5]
 
 [pretrain]

@@ -20,10 +20,10 @@ def test_the_tiny_grid_cell_by_cell(tiny_toml: Path, tmp_path: Path) -> None:
     assert len(set(cells)) == len(cells)
     per_seed = [c for c in cells if c.seed == 0]
     tt = [c for c in per_seed if c.protocol == "test_time"]
-    # per target: source, adabn ×2, test_batch and prior (bs 1 iid; bs 64 on 3 streams) ×4
-    # each, adapt (2 sizes × 3 streams) 6, tent on 3 streams = 20; the GroupNorm twin on the
-    # digits' targets (none, contrast, rotation); tent_long and tent_reset on contrast
-    assert len(tt) == 4 * 20 + 3 + 2
+    # per target (none, contrast, rotation): source, adabn ×2, test_batch and prior (bs 1
+    # iid; bs 64 on 3 streams) ×4 each, adapt (2 sizes × 3 streams) 6, tent on 3 streams = 20;
+    # the GroupNorm twin; tent_long and tent_reset on contrast
+    assert len(tt) == 3 * 20 + 3 + 2
     assert {c.n for c in tt if c.strategy == "adabn"} == {16, 0}
     assert not [c for c in tt if c.batch_size == 1 and c.stream != "iid" and c.strategy != "adapt"]
     assert {c.shift for c in tt if c.model == "gn"} == {"none", "contrast", "rotation"}
@@ -43,3 +43,11 @@ def test_lower_severities_get_the_core_strategies_only(tmp_path: Path) -> None:
     assert {c.severity for c in cells if c.shift == "inversion"} == {5}
     sweep = {(c.strategy, c.stream) for c in cells if c.severity == 5 and c.shift == "contrast"}
     assert ("adapt", "dirichlet") in sweep and ("tent_long", "iid") in sweep
+
+
+def test_the_groupnorm_twin_runs_on_the_digits_targets_only(tmp_path: Path) -> None:
+    config = StudyConfig().replace_from(
+        {"seeds": 1, "shifts": ["contrast", "mnist_to_digits", "digits_to_mnist"]}
+    )
+    gn = {c.shift for c in cells_of(config, tmp_path) if c.model == "gn"}
+    assert gn == {"none", "contrast", "digits_to_mnist"}  # mnist_to_digits: an MNIST model

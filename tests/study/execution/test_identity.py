@@ -3,6 +3,7 @@ factory and weights, image size, version, settings), and an unchanged one always
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,12 @@ def test_the_key_covers_every_part_of_the_identity() -> None:
 
 
 def test_a_changed_setting_reruns_only_its_protocol(
-    tiny_run: tuple[Results, Path], tiny_toml: Path
+    tiny_run: tuple[Results, Path], tiny_toml: Path, tmp_path: Path
 ) -> None:
-    first, out = tiny_run
-    config = StudyConfig.from_toml(tiny_toml).replace_from({"test_time": {"tent_lr": 2e-3}})
+    first, done = tiny_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    config = StudyConfig.from_toml(tiny_toml).replace_from({"finetune": {"ghost_size": 2}})
     again = run(config, out=out, workers=1, progress=False)
-    test_time = sum(r["protocol"] == "test_time" for r in first.rows)
-    assert again.meta["ran"] == test_time and again.meta["skipped"] == len(first.rows) - test_time
-    run(StudyConfig.from_toml(tiny_toml), out=out, workers=1, progress=False)  # back as it was
+    finetune = sum(r["protocol"] == "finetune" for r in first.rows)
+    assert again.meta["ran"] == finetune and again.meta["skipped"] == len(first.rows) - finetune

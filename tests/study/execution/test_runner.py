@@ -42,7 +42,6 @@ def test_the_tiny_study_has_one_row_per_cell(tiny_run: tuple[Results, Path]) -> 
     assert {(s["source"], s["model"]) for s in m["source_models"]} == {
         ("digits", "bn"),
         ("digits", "gn"),
-        ("mnist", "bn"),
     }
     assert len(results.checks) == 16
 

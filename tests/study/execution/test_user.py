@@ -51,7 +51,8 @@ def test_data_alone_runs_with_the_built_in_model_trained_to_convergence(
     tmp_path: Path,
 ) -> None:
     data = make_tree(tmp_path / "data")
-    config = StudyConfig().replace_from({**CONFIG, "finetune": {"strategies": []}})
+    small = {"width": 4, "test_time": {"strategies": ["source", "adabn"], "streams": ["iid"]}}
+    config = StudyConfig().replace_from({**CONFIG, **small, "finetune": {"strategies": []}})
     spec = UserSpec(None, str(data))
     results = run(config, out=tmp_path / "out", workers=1, user=spec, progress=False)
     assert {m["model"] for m in results.meta["source_models"]} == {"bn", "gn"}

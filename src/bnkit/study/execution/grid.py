@@ -14,7 +14,8 @@ Test-time protocol, per seed and target (shift, severity):
 batch the order of the stream cannot change their output.
 
 Fine-tuning protocol, per seed, fine-tuning target, k, batch size and learning rate: every
-strategy on the BN model, and ``pytorch`` (plain fine-tuning) on the GroupNorm twin.
+strategy on the BN model, and ``pytorch`` (plain fine-tuning) on the GroupNorm twin (when any
+strategy runs).
 
 BN-only check: one cell per seed.
 """
@@ -83,7 +84,7 @@ def grid(bench: Bench) -> list[Cell]:
                         kw = {"batch_size": bs, "k": k, "lr": lr, "seed": seed}
                         for name in ft.strategies:
                             cells.append(Cell("finetune", "bn", name, shift, sev, **kw))  # type: ignore[arg-type]
-                        if bench.has_model(shift, "gn"):
+                        if ft.strategies and bench.has_model(shift, "gn"):
                             cells.append(Cell("finetune", "gn", "pytorch", shift, sev, **kw))  # type: ignore[arg-type]
         if bench.has_bn_only():
             cells.append(Cell("bn_only", "bn", "scratch", "source", 0, seed=seed))

@@ -52,6 +52,11 @@ def _setup(r: Results) -> str:
     )
     tt, ft = c["test_time"], c["finetune"]
     labels = f" Labels mapped to outputs: {m['labels']}." if m.get("labels") else ""
+    held = "; ".join(
+        f"{row['source data']} {row['model']} {row['held-out source accuracy']}%"
+        for row in model_table(r)
+    )
+    labels += f" Source models on held-out source images: {held}." if held else ""
     return (
         f"Data: {m.get('data')} ({sizes}). Model: {m.get('model')}.{labels} {c['seeds']} "
         f"seeds; every number is the mean over seeds ± the half-width of its "
