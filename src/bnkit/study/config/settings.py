@@ -34,7 +34,7 @@ class PretrainConfig:
     training stops when it has not improved for ``patience`` measurements (or at
     ``max_steps``); the best measured weights are kept."""
 
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 0.05
     weight_decay: float = 5e-4
     warmup_steps: int = 50
@@ -94,7 +94,7 @@ class FineTuneConfig:
     shifts: tuple[str, ...] = ("none", "contrast", "mnist_to_digits")
     severity: int = 5
     shots: tuple[int, ...] = (10,)
-    batch_sizes: tuple[int, ...] = (2, 16)
+    batch_sizes: tuple[int, ...] = (2, 8)
     steps: int = 200
     warmup_steps: int = 20
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)

@@ -166,11 +166,13 @@ def _finetune(r: Results) -> list[str]:
                 continue
             ranked.sort(reverse=True)
             (_, first, s1), (_, second, _) = ranked[0], ranked[1]
-            d = t.paired({**base, "strategy": first}, {**base, "strategy": second})
+            other = "pytorch" if first != "pytorch" else second
+            d = t.paired({**base, "strategy": first}, {**base, "strategy": other})
             out.append(
                 f"**A few labels, {label}, batch {bs}** (each strategy at its learning rate "
                 f"chosen on the validation split): {first} scored best ({s1.percent()}%); "
-                f"against {second} it {_verb(d)}."
+                f"against {'plain fine-tuning (pytorch)' if other == 'pytorch' else other} it "
+                f"{_verb(d)}."
             )
     return out
 

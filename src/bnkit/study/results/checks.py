@@ -4,7 +4,8 @@ Every rule (:class:`~bnkit.study.results.rules.Rule`) is stated here before the 
 source, its kind and its margin; :func:`run_checks` evaluates them on a run's rows. Test-time
 rules use only the targets the calibration kept (:mod:`bnkit.study.results.selection`: the
 shift hurts the source model, which is not at chance there); fine-tuning rules use each
-strategy at its learning rate chosen on the target validation split.
+strategy at its learning rate chosen on the target validation split (:func:`run_checks` evaluates
+every rule on the tuned rows).
 """
 
 from __future__ import annotations
@@ -238,8 +239,8 @@ CHECKS: tuple[Rule, ...] = (
         "Wu & He 2018 (GroupNorm, small-batch BN); detectron2's FrozenBN default",
         "not_worse",
         "non_inferiority",
-        lambda r: _ft(tuned(r), "frozen_stats", False, True),
-        lambda r: _ft(tuned(r), "pytorch", False, True),
+        lambda r: _ft(r, "frozen_stats", False, True),
+        lambda r: _ft(r, "pytorch", False, True),
         "no shift, smallest batch, tuned lr",
         ("frozen_stats", "pytorch"),
     ),
@@ -250,8 +251,8 @@ CHECKS: tuple[Rule, ...] = (
         "Li et al. 2016 (AdaBN); Keras transfer-learning guide vs its critics",
         "greater",
         "zero",
-        lambda r: _ft(tuned(r), "adabn_finetune", True, False),
-        lambda r: _ft(tuned(r), "frozen_stats", True, False),
+        lambda r: _ft(r, "adabn_finetune", True, False),
+        lambda r: _ft(r, "frozen_stats", True, False),
         "informative shifts, largest batch, tuned lr",
         ("adabn_finetune", "frozen_stats"),
     ),
@@ -272,5 +273,6 @@ CHECKS: tuple[Rule, ...] = (
 
 
 def run_checks(results: Results) -> list[dict[str, Any]]:
-    """The outcome of every rule on ``results``."""
-    return run_rules(CHECKS, results)
+    """The outcome of every rule on ``results``, fine-tuning rows at their chosen learning
+    rates (:func:`~bnkit.study.results.selection.tuned`)."""
+    return run_rules(CHECKS, tuned(results))
