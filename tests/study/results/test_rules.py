@@ -110,3 +110,21 @@ def test_bonferroni_is_stricter_and_counts_the_rules_that_ran() -> None:
     assert out["adabn_real"]["status"] == "PASS"
     assert out["adabn_real"]["bonferroni"] == "UNDECIDED"
     assert out["adabn_real"]["rules_run"] == sum(c["status"] != "NOT RUN" for c in out.values())
+
+
+def test_fine_tuning_rules_use_the_chosen_learning_rate_only() -> None:
+    """Regression: the fine-tuning rules averaged every learning rate of the sweep, so a
+    diverged lr 1e-2 made frozen statistics look 36 points worse than at their chosen lr."""
+    rows = []
+    for row in universe():
+        if row["protocol"] == "finetune":
+            rows.append({**row, "lr": 1e-3})
+            if row["strategy"] == "frozen_stats":  # a rate where frozen statistics diverge
+                rows.append({**row, "lr": 1e-2, "accuracy": 0.0, "val_accuracy": 0.0})
+        else:
+            rows.append(row)
+    for row in rows:
+        if row["protocol"] == "finetune" and row["lr"] == 1e-3:
+            row["accuracy"] += 0.001 * row["seed"]
+    out = {c["name"]: c for c in run_checks(results(rows))}["frozen_small_batch"]
+    assert out["status"] == "PASS", out
