@@ -9,9 +9,11 @@ Runs the command line as a user would (each run a fresh process), in this order:
 5. the default study again into the folder of 3 (every cell done: a resume with nothing left).
 
 CPU time is user + system time of the process and its workers (``RUSAGE_CHILDREN``), which
-does not grow when other programs share the machine; wall time does. Images per second of the
-fine-tuning cells come from the rows of run 3 (training images / training seconds, median per
-fine-tuning batch size).
+does not grow when other programs share the machine; wall time does (the load average before
+and after each run is printed). Images per second of the fine-tuning cells come from the rows of
+run 3 (training images / training seconds, median per fine-tuning batch size), and so does the
+breakdown of the cells' own seconds by protocol (pretraining: the source models' training
+seconds).
 
 Usage: ``python benchmarks/bench_study.py [--only quick] [--root DIR]``; prints a Markdown
 table.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -54,6 +57,16 @@ def throughput(out: Path) -> dict[int, float]:
     return {b: statistics.median(v) for b, v in sorted(by_batch.items())}
 
 
+def breakdown(out: Path) -> dict[str, float]:
+    data = json.loads((out / "results.json").read_text())
+    seconds: dict[str, float] = {"pretraining": 0.0}
+    for m in data["meta"]["source_models"]:
+        seconds["pretraining"] += float(m["train_s"])
+    for row in data["rows"]:
+        seconds[row["protocol"]] = seconds.get(row["protocol"], 0.0) + float(row["wall_s"])
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["quick"], help="run only the --quick measurements")
@@ -83,19 +96,29 @@ def main() -> None:
                 ["--out", str(root / "d1"), "--cache", str(cache)],
             ),
         ]
-    print("| run | wall (s) | CPU (s) | workers |")
-    print("|---|---|---|---|")
+    print("| run | wall (s) | CPU (s) | workers | cells | load before → after |")
+    print("|---|---|---|---|---|---|")
     for label, argv in runs:
+        before = os.getloadavg()[0]
         wall, cpu = timed(argv)
         out = Path(argv[argv.index("--out") + 1])
         meta = json.loads((out / "results.json").read_text())["meta"]
-        print(f"| {label} | {wall:.0f} | {cpu:.0f} | {meta['workers']} |", flush=True)
+        print(
+            f"| {label} | {wall:.0f} | {cpu:.0f} | {meta['workers']} | {meta['cells']} | "
+            f"{before:.1f} → {os.getloadavg()[0]:.1f} |",
+            flush=True,
+        )
     source = root / ("d1" if args.only != "quick" else "q1")
     print()
     print("| fine-tuning batch size | images/s (median over cells) |")
     print("|---|---|")
     for batch, ips in throughput(source).items():
         print(f"| {batch} | {ips:.0f} |")
+    print()
+    print("| part | seconds (sum over processes) |")
+    print("|---|---|")
+    for part, seconds in breakdown(source).items():
+        print(f"| {part} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -18,26 +18,31 @@ shifts = ["contrast", "rotation"]
 severities = [5]
 
 [pretrain]
-epochs = 2
+max_steps = 40
+eval_every = 20
+warmup_steps = 5
 
 [test_time]
-strategies = ["source", "adabn", "test_batch", "prior", "tent", "tent_stress"]
 adabn_n = [16, "all"]
 batch_sizes = [1, 64]
-stress_passes = 2
+streams = ["iid", "sorted", "dirichlet"]
+stress_images = 400
+stress_shifts = ["contrast"]
 
 [finetune]
 strategies = ["pytorch", "frozen_stats"]
-shifts = ["contrast"]
+shifts = ["none", "contrast"]
 shots = [5]
 batch_sizes = [2, 8]
-steps = 3
-lrs = [1e-3]
+steps = 4
+warmup_steps = 1
+lrs = [1e-3, 1e-2]
+curve_points = 3
 
 [bn_only]
-epochs = 1
+steps = 10
 """
-"""A grid small enough for a test: about 80 cells, a few seconds."""
+"""A grid small enough for a test: about 200 cells, a few seconds."""
 
 
 @pytest.fixture(autouse=True)

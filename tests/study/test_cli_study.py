@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -78,8 +79,8 @@ def test_end_to_end_with_two_workers(tiny_toml: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "Directional checks (a FAIL is a finding of this study, not an error)" in text
-    assert re.search(r"\b(PASS|FAIL)\b", text) and "Schneider et al. 2020" in text
-    assert "Test-time accuracy (%)" in text and "adabn (n=360, all)" in text
+    assert re.search(r"\b(PASS|FAIL|UNDECIDED)\b", text) and "Schneider et al. 2020" in text
+    assert "Test time: source accuracy (%)" in text and "adabn (whole pool)" in text
     assert f"report: {out / 'report.html'}" in text
     table = rows(out)
     assert (
@@ -132,17 +133,19 @@ def test_killed_at_any_moment_and_started_again(tiny_toml: Path, tmp_path: Path)
         assert (cells / name).read_text() == text
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert all(model["cache_hit"] for model in meta["source_models"])
-    assert not list(cells.glob(".cell-*.tmp"))
+    assert not list(cells.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["study", "--model", "pkg.mod:f"], "needs both --model"),
-        (["study", "--checkpoint", "w.pt"], "--checkpoint needs --model and --data"),
+        (["study", "--model", "pkg.mod:f"], "--model needs --data"),
+        (["study", "--checkpoint", "w.pt"], "--checkpoint needs --data"),
+        (["study", "--data", "d", "--checkpoint", "w.pt"], "--checkpoint needs --model"),
         (["study", "--config", "no-such-file.toml"], "cannot read the study config"),
         (["study", "--seeds", "0"], "seeds must be at least 1"),
         (["study", "--device", "tpu"], "device must be auto, cpu or cuda"),
+        (["study", "--workers", "0"], "workers must be at least 1"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -150,6 +153,66 @@ def test_usage_errors_exit_2(
 ) -> None:
     assert main([*argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``bnkit ARGV`` in this process; it must exit 2 with one line on stderr."""
+    started = time.perf_counter()
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bnkit study: ") and "Traceback" not in err
+    assert time.perf_counter() - started < 30
+    return err
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "grid.toml"
+    bad.write_bytes("# réglages\nseeds = 2\n".encode("latin-1"))
+    err = one_line_error(["study", "--config", str(bad), "--out", str(tmp_path / "o")], capsys)
+    assert "is not UTF-8 text" in err
+
+
+def test_a_bad_value_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: tent_lr = -1 failed only after pretraining."""
+    bad = tmp_path / "grid.toml"
+    bad.write_text("[test_time]\ntent_lr = -1\n", encoding="utf-8")
+    out = tmp_path / "o"
+    err = one_line_error(["study", "--config", str(bad), "--out", str(out)], capsys)
+    assert "test_time tent_lr must be a positive number (got -1.0)" in err
+    assert not out.exists()  # nothing was started
+
+
+def test_an_out_that_is_a_file_or_cannot_be_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "results.txt"
+    afile.write_text("x", encoding="utf-8")
+    err = one_line_error(["study", "--quick", "--out", str(afile)], capsys)
+    assert "is a file, not a folder" in err
+    err = one_line_error(["study", "--quick", "--out", str(afile / "sub")], capsys)
+    assert "cannot write into --out" in err
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(
+    tiny_run: tuple[object, Path],
+    tiny_toml: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bnkit.study.execution import store
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "atomic_write", full)
+    cache = tiny_run[1] / "cache"  # models trained already: the first write is a cell's
+    argv = ["study", "--config", str(tiny_toml), "--out", str(tmp_path / "o"), "--cache",
+            str(cache), "--workers", "1"]  # fmt: skip
+    err = one_line_error(argv, capsys)
+    assert "cannot write the study's files" in err and "No space left on device" in err
 
 
 def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:

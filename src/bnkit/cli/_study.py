@@ -1,7 +1,9 @@
 """``bnkit study``: run the BatchNorm strategy benchmark (or finish an interrupted one).
 
 Exit 0 when the study ran, whatever its directional checks found (a FAIL is a finding, not an
-error); 2 for usage errors (bad flags, config, model or data).
+error); 2, with one line on stderr, for every error found before or during the run: bad flags or
+settings (checked before any work), an output folder that is a file or cannot be written, a
+model or data that cannot be used, a full disk.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def register(sub: Any) -> None:
             "data. Results are saved per cell; run the same command again to resume."
         ),
     )
-    p.add_argument("--quick", action="store_true", help="a smaller grid (about a minute)")
+    p.add_argument("--quick", action="store_true", help="a smaller grid (a few minutes)")
     p.add_argument("--config", metavar="TOML", help="a TOML file with grid settings")
     p.add_argument("--out", default="bnkit-study", metavar="DIR", help="output folder")
     p.add_argument("--cache", metavar="DIR", help="source-model cache (default OUT/cache)")
@@ -33,7 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--seeds", type=int, metavar="N", help="number of seeds")
-    p.add_argument("--model", metavar="PKG.MOD:FACTORY", help="your model factory")
+    p.add_argument(
+        "--model", metavar="PKG.MOD:FACTORY", help="your model factory (default: built-in)"
+    )
     p.add_argument("--checkpoint", metavar="FILE", help="weights for --model (a state dict)")
     p.add_argument("--data", metavar="DIR|PKG.MOD:FACTORY", help="your source/target data")
     p.add_argument("--image-size", type=int, metavar="N", help="resize --data images to N×N")
@@ -55,34 +59,41 @@ def _config(args: argparse.Namespace) -> Any:
 def _user(args: argparse.Namespace) -> Any:
     from bnkit.study import UserSpec
 
-    if args.model is None and args.data is None:
+    if args.data is None:
+        if args.model is not None:
+            raise StudyError("--model needs --data DIR (your source/ and target/ images)")
         for flag in ("checkpoint", "image_size"):
             if getattr(args, flag) is not None:
-                raise StudyError(f"--{flag.replace('_', '-')} needs --model and --data")
+                raise StudyError(f"--{flag.replace('_', '-')} needs --data")
         return None
-    if args.model is None or args.data is None:
-        raise StudyError("your own case needs both --model PKG.MOD:FACTORY and --data DIR")
+    if args.checkpoint is not None and args.model is None:
+        raise StudyError("--checkpoint needs --model PKG.MOD:FACTORY (the model it belongs to)")
     return UserSpec(args.model, args.data, args.checkpoint, args.image_size)
 
 
 def run(args: argparse.Namespace) -> int:
     import bnkit.study as study
     from bnkit.cli._render import print_table
-    from bnkit.study.report import checks_table
-    from bnkit.study.tables import headline_table
+    from bnkit.study.results.report import checks_table
+    from bnkit.study.results.tables import headline_table
 
     config = _config(args)
-    results = study.run(
-        config,
-        out=args.out,
-        workers=args.workers,
-        threads=args.threads,
-        device=args.device,
-        cache=args.cache,
-        user=_user(args),
-        progress=not args.no_progress,
-    )
-    report = study.render(results, args.out)
+    user = _user(args)
+    try:
+        results = study.run(
+            config,
+            out=args.out,
+            workers=args.workers,
+            threads=args.threads,
+            device=args.device,
+            cache=args.cache,
+            user=user,
+            progress=not args.no_progress,
+        )
+        report = study.render(results, args.out)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise StudyError(f"cannot write the study's files{where}: {err.strerror or err}") from None
     m = results.meta
     print(
         f"bnkit study: {m['cells']} cells ({m['ran']} run now, {m['skipped']} already done) "
@@ -97,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         ],
     )
     print()
-    print_table("Test-time accuracy (%), highest severity, i.i.d. stream", headline_table(results))
+    print_table(
+        "Test time: source accuracy (%), then Δ against it (points), i.i.d. stream",
+        headline_table(results),
+    )
     print()
     print(f"report: {report}")
     print(f"        {report.with_suffix('.md')}")

@@ -1,0 +1,135 @@
+"""What one cell computes: from its coordinates and its bench to its row.
+
+Each cell starts from a copy of its source model and is seeded from its name; everything it
+depends on (the split, the shifted images, the stream order, the few-shot labels, the batch
+order) derives from the seed and its coordinates only, never from which process runs it or
+what ran before. So strategies are compared on identical inputs, and a cell computes the same
+row in any process, on any executor, in any order.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import zlib
+from typing import Any
+
+import torch
+
+from bnkit.study.data.domain import k_shot, rng_for
+from bnkit.study.data.streams import long_stream, stream_order
+from bnkit.study.execution.bench import Bench
+from bnkit.study.execution.cells import Cell
+from bnkit.study.models.scores import accuracy, ece, nonfinite
+from bnkit.study.models.training import predict
+from bnkit.study.protocols.bn_only import bn_only_from_scratch
+from bnkit.study.protocols.finetune import FineTuneContext, finetune
+from bnkit.study.protocols.test_time import TEST_TIME, StreamContext
+
+__all__ = ["compute_cell"]
+
+
+def _tensor(array: Any, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(array).to(device)
+
+
+def _test_time(bench: Bench, cell: Cell) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    tt = bench.config.test_time
+    dev = bench.device
+    model = copy.deepcopy(
+        bench.source_model(bench.source_of(cell.shift), cell.model, cell.seed).model
+    )
+    pool, _, test = bench.parts(cell.seed, cell.shift, cell.severity)
+    rng = rng_for(cell.seed, "stream", cell.stream)
+    long = cell.strategy in ("tent_long", "tent_reset")
+    if long:
+        order = long_stream(test.y, tt.stress_images, cell.stream, rng, tt.dirichlet_alpha)
+    else:
+        order = stream_order(test.y, cell.stream, rng, tt.dirichlet_alpha)
+    ctx = StreamContext(
+        pool=_tensor(pool.x if not cell.n else pool.x[: cell.n], dev),
+        stream=_tensor(test.x[order], dev),
+        batch_size=cell.batch_size or 256,
+        n=None,
+        prior_strength=tt.prior_strength,
+        adapt_momentum=tt.adapt_momentum,
+        tent_lr=tt.stress_lr if long else tt.tent_lr,
+        reset_every=tt.reset_every,
+    )
+    start = time.perf_counter()
+    out = TEST_TIME[cell.strategy].fn(model, ctx)
+    assert isinstance(out, torch.Tensor)
+    seen = len(order)
+    wall = time.perf_counter() - start
+    last = len(test)  # long streams are scored on their last pass
+    return out[-last:], torch.from_numpy(test.y[order][-last:]), seen, wall
+
+
+def compute_cell(bench: Bench, cell: Cell) -> dict[str, Any]:
+    """Run one cell on ``bench`` and return its result row (see ``ROW_FIELDS``)."""
+    torch.manual_seed(zlib.crc32(cell.name.encode()))
+    dev = bench.device
+    start = time.perf_counter()
+    curve: list[float] = []
+    val_acc = float("nan")
+    if cell.protocol == "bn_only":
+        train, val = bench.source_parts(bench.source_of("none"), cell.seed)
+        c = bench.config
+        logits = bn_only_from_scratch(
+            lambda: bench.build("bn"),
+            train,
+            val,
+            steps=c.bn_only.steps,
+            lr=c.bn_only.lr,
+            batch_size=c.pretrain.batch_size,
+            seed=cell.seed,
+            device=dev,
+        )
+        labels = torch.from_numpy(val.y)
+        wall = time.perf_counter() - start
+        images_per_s = c.bn_only.steps * c.pretrain.batch_size / wall
+    elif cell.protocol == "test_time":
+        logits, labels, seen, work = _test_time(bench, cell)
+        wall = time.perf_counter() - start
+        images_per_s = seen / max(work, 1e-9)
+    else:
+        ft = bench.config.finetune
+        src = bench.source_model(bench.source_of(cell.shift), cell.model, cell.seed)
+        model = copy.deepcopy(src.model)
+        pool, val, test = bench.parts(cell.seed, cell.shift, cell.severity)
+        idx = k_shot(pool.y, cell.k, rng_for(cell.seed, "k-shot", cell.k))
+        order_seed = zlib.crc32(f"{cell.seed}.{cell.shift}.{cell.k}.{cell.batch_size}".encode())
+        ctx = FineTuneContext(
+            x=_tensor(pool.x[idx], dev),
+            y=_tensor(pool.y[idx], dev),
+            pool=_tensor(pool.x, dev),
+            val_x=_tensor(val.x, dev),
+            val_y=torch.from_numpy(val.y),
+            batch_size=cell.batch_size,
+            steps=ft.steps,
+            warmup=ft.warmup_steps,
+            lr=cell.lr,
+            curve_points=ft.curve_points,
+            ghost_size=ft.ghost_size,
+            generator=torch.Generator().manual_seed(order_seed),
+        )
+        curve = finetune(model, cell.strategy, ctx)
+        val_acc = curve[-1]
+        trained = time.perf_counter() - start
+        logits = predict(model, _tensor(test.x, dev))
+        labels = torch.from_numpy(test.y)
+        wall = time.perf_counter() - start
+        images_per_s = ft.steps * min(cell.batch_size, len(idx)) / trained
+    row = cell.fields()
+    row.update(
+        family=bench.family(cell.shift) if cell.protocol != "bn_only" else "none",
+        source=bench.source_of(cell.shift),
+        accuracy=accuracy(logits, labels),
+        val_accuracy=val_acc,
+        ece=ece(logits, labels),
+        nonfinite=nonfinite(logits),
+        curve=curve,
+        wall_s=wall,
+        images_per_s=images_per_s,
+    )
+    return row
