@@ -10,7 +10,7 @@ running statistics no longer fit the data. Everything else lives in the submodul
 
 from typing import Any as _Any
 
-from bnkit import presets as _presets_module  # noqa: F401(before the function of that name)
+from bnkit import presets as _presets_module  # noqa: F401  (before the function of that name)
 from bnkit._deprecated import moved as _moved
 from bnkit._version import __version__
 from bnkit.apply import apply, bn_layers, freeze, managed_layers, policy_of, unfreeze, using
