@@ -159,3 +159,21 @@ def test_a_lone_layer_is_replaced_and_returned(dim: int) -> None:
     layer = BN_FOR_DIM[dim](3)
     frozen = bnkit.to_frozen(layer)
     assert isinstance(frozen, bnkit.convert.FrozenBatchNorm) and bnkit.from_frozen(frozen) is layer
+
+
+def test_a_layer_registered_twice_in_one_parent_is_exported_under_both_names() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.BatchNorm1d(3)
+            self.b = self.a  # one layer, two names
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    model = Twice().eval()
+    x = torch.randn(4, 3)
+    expected = model(x)
+    bnkit.to_frozen(model)
+    assert type(model.a) is bnkit.convert.FrozenBatchNorm1d and model.b is model.a
+    assert torch.equal(model(x), expected)

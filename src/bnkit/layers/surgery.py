@@ -85,7 +85,11 @@ def replace_modules(
         return new
     done: dict[int, nn.Module] = {}
     for parent_name, parent in list(root.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
+        # _modules, not named_children(): a layer registered twice in one parent
+        # (self.b = self.a) is replaced under both names
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if id(child) in done:
                 setattr(parent, child_name, done[id(child)])
