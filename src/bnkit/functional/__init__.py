@@ -29,9 +29,10 @@ the biased one. The factor is ``momentum`` for an EMA update (PyTorch's conventi
 of the new batch, so 0.1 in PyTorch is 0.9 in Keras) and :math:`1/k` on the :math:`k`-th update
 for a cumulative one.
 
-Statistics of several batches (micro-batches held back for one optimizer step, ranks) pool
-exactly (:func:`pool_into`): with :math:`n_b` values, mean :math:`m_b` and biased variance
-:math:`v_b` per batch and :math:`N = \sum_b n_b`,
+Statistics of several batches (micro-batches held back for one optimizer step, the batches
+of a recalibration pass, ranks) pool exactly (:func:`pool`, :func:`pool_into`): with
+:math:`n_b` values, mean :math:`m_b` and biased variance :math:`v_b` per batch and
+:math:`N = \sum_b n_b`,
 
 .. math::
 
@@ -39,6 +40,9 @@ exactly (:func:`pool_into`): with :math:`n_b` values, mean :math:`m_b` and biase
     \sigma^2 = \frac{1}{N}\sum_b n_b \left(v_b + (m_b - \mu)^2\right)
 
 the statistics of the batches concatenated.
+
+Padded sequences (:func:`masked_moments`) count only the valid positions in :math:`n`, the
+means and the variances.
 
 The strategies beyond plain BatchNorm:
 
@@ -80,6 +84,7 @@ from bnkit.functional.stats import (
     ema,
     masked_moments,
     moments,
+    pool,
     pool_into,
     unbiased,
     values_per_channel,
@@ -109,6 +114,7 @@ __all__ = [
     "normalize",
     "normalize_on_stats",
     "normalize_with_batch",
+    "pool",
     "pool_into",
     "prior_mix",
     "prior_weight",

@@ -15,6 +15,7 @@ __all__ = [
     "masked_moments",
     "moments",
     "per_channel",
+    "pool",
     "pool_into",
     "unbiased",
     "values_per_channel",
@@ -96,6 +97,20 @@ def ema(running: Tensor, new: Tensor, factor: float | Tensor, *, inplace: bool =
     if inplace:
         return running.mul_(1 - factor).add_(factor * new)
     return running * (1 - factor) + factor * new
+
+
+def pool(counts: Tensor, means: Tensor, m2s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Merge groups given by their value counts ``(G,)``, means and sums of squared deviations
+    ``(G, C)``: returns the count, mean and sum of squared deviations of all of them,
+
+    .. math::
+
+        N = \sum_g n_g, \quad \mu = \frac{1}{N}\sum_g n_g m_g, \quad
+        M_2 = \sum_g \left(M_{2,g} + n_g (m_g - \mu)^2\right)
+    """
+    total = counts.sum()
+    mean = (counts[:, None] * means).sum(0) / total
+    return total, mean, (m2s + counts[:, None] * (means - mean).square()).sum(0)
 
 
 def pool_into(

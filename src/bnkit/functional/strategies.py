@@ -104,12 +104,12 @@ def ghost_normalize(
 
 
 def ghost_update_stats(
-    means: Tensor, variances: Tensor, sizes: list[int], values_per_sample: int
+    means: Tensor, variances: Tensor, counts: list[int]
 ) -> tuple[Tensor, Tensor]:
     """The mean and unbiased variance a ghost-batch forward folds into the running statistics:
-    size-weighted means over the groups of their means and of their unbiased variances."""
-    n = torch.tensor(sizes, dtype=means.dtype, device=means.device).unsqueeze(1)
-    n = n * values_per_sample
+    the means over the groups, weighted by their ``counts`` of values per channel, of their
+    means and of their unbiased variances (from the biased ``variances``)."""
+    n = torch.tensor(counts, dtype=means.dtype, device=means.device).unsqueeze(1)
     total = n.sum()
     return (means * n).sum(0) / total, (unbiased(variances, n) * n).sum(0) / total
 

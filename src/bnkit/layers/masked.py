@@ -136,14 +136,11 @@ def _ghost(
             )
         outs.append(_normalize(xs, ms, mean, var, *affine, layer.eps))
         means.append(mean)
-        variances.append(BF.unbiased(var, int(n)))
+        variances.append(var)
         counts.append(int(n))
     if plan.update:
-        w = torch.tensor(counts, dtype=means[0].dtype, device=x.device)[:, None]
-        total = sum(counts)
-        mean = (torch.stack(means) * w).sum(0) / total
-        unbiased = (torch.stack(variances) * w).sum(0) / total
+        mean, unbiased = BF.ghost_update_stats(torch.stack(means), torch.stack(variances), counts)
         update = Update(layer, state, plan)
-        update.fold_within(mean, unbiased, total)
+        update.fold_within(mean, unbiased, sum(counts))
         update.commit()
     return torch.cat(outs, dim=0)

@@ -213,7 +213,7 @@ def _ghost(layer: _BatchNorm, state: ManagedState, plan: Plan, x: Tensor, affine
     if plan.update:
         per_sample = BF.values_per_channel(x) // x.shape[0]
         update = Update(layer, state, plan)
-        mean, var = BF.ghost_update_stats(means, variances, sizes, per_sample)
+        mean, var = BF.ghost_update_stats(means, variances, [s * per_sample for s in sizes])
         update.fold_within(mean, var, BF.values_per_channel(x))
         update.commit()
     return out

@@ -42,6 +42,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from bnkit.functional.stats import pool, pool_into
 from bnkit.policy import Normalize, Phase, Policy, Update
 
 __all__ = ["ESTIMATORS", "BatchMean", "Cumulative", "Estimator", "Population"]
@@ -98,7 +99,7 @@ class Population(Estimator):
 
     def __init__(self, channels: int, device: torch.device) -> None:
         super().__init__(channels, device)
-        self.count = 0
+        self.count = torch.zeros(1, dtype=torch.float64, device=device)
         self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
 
@@ -107,25 +108,18 @@ class Population(Estimator):
 
     def update(self, n: int, mean: Tensor, var: Tensor) -> None:
         # The buffers hold the batch mean and the unbiased batch variance (factor 1).
-        m = mean.to(torch.float64)
         biased = var.to(torch.float64) * ((n - 1) / n)
-        total = self.count + n
-        delta = m - self.mean
-        self.mean.add_(delta, alpha=n / total)
-        self.m2.add_(biased, alpha=n).add_(delta.square_(), alpha=self.count * n / total)
-        self.count = total
+        pool_into(self.count, self.mean, self.m2, n, mean.to(torch.float64), biased)
         self.batches += 1
 
     def local(self) -> Tensor:
-        head = torch.tensor([self.batches, self.count], dtype=torch.float64, device=self.device)
-        return torch.cat([head, self.mean, self.m2])
+        head = torch.tensor([float(self.batches)], dtype=torch.float64, device=self.device)
+        return torch.cat([head, self.count, self.mean, self.m2])
 
     @classmethod
     def combine(cls, parts: Tensor) -> tuple[Tensor, Tensor, int]:
         batches, counts, means, m2s = _split(parts)
-        total = counts.sum()
-        mean = (counts[:, None] * means).sum(0) / total
-        m2 = (m2s + counts[:, None] * (means - mean).square()).sum(0)
+        total, mean, m2 = pool(counts, means, m2s)
         return mean, m2 / (total - 1), int(batches.sum().item())
 
 
