@@ -173,10 +173,10 @@ def main() -> None:
         shutil.copytree(args.root / "src", src)
         if run_tests(src, args.tests, args.root, args.timeout) != "survived":
             raise SystemExit("the tests fail on the unmutated code; fix that first")
-        for target in args.targets:
-            original = (args.root / target).read_text()
-            tree = ast.parse(original)
+        for target in args.targets:  # from the copy: edits to the checkout meanwhile are ignored
             copy_path = src / Path(target).relative_to("src")
+            original = copy_path.read_text()
+            tree = ast.parse(original)
             for index, what in mutations(tree):
                 key = f"{target}#{index}"
                 if key in results or (chosen is not None and key not in chosen):
