@@ -57,13 +57,17 @@ class Update:
         self.pending = state.pending
         mean, var = running(layer, state)
         self.sync_free = sync_free(mean)
-        self.old = (mean.clone(), var.clone())
         # A recomputed forward (activation checkpointing) runs the same ops on scratch copies.
         self.scratch = recomputing()
-        if self.scratch or (self.sync_free and self.pending is None):
-            self.mean, self.var = mean.clone(), var.clone()
-        else:
+        writes = self.pending is None and not self.scratch
+        in_place = writes and not self.sync_free
+        # what the buffers held: for the guard to restore, and for a recomputation to replay
+        keep = in_place or (writes and plan.mode in _READS_RUNNING)
+        self.old = (mean.clone(), var.clone()) if keep else None
+        if in_place or self.pending is not None:
             self.mean, self.var = mean, var
+        else:
+            self.mean, self.var = mean.clone(), var.clone()
         self.factor = _factor(layer, plan) if self.pending is None else 0.0
 
     @property
@@ -111,7 +115,8 @@ class Update:
         if self.pending is not None or self.scratch:
             return
         nbt = self.layer.num_batches_tracked
-        counted = None if nbt is None else nbt.clone()
+        replayed = self.old is not None and self.plan.mode in _READS_RUNNING
+        counted = nbt.clone() if replayed and nbt is not None else None
         mean, var = running(self.layer, self.state)
         if self.sync_free:
             keep = torch.isfinite(self.mean + self.var).all() | ~torch.isfinite(mean + var).all()
@@ -130,7 +135,8 @@ class Update:
             return
         elif nbt is not None:
             nbt.add_(1)
-        if self.plan.mode in _READS_RUNNING:
+        if replayed:
+            assert self.old is not None
             remember(self.layer, self.old, counted)
 
 
