@@ -1,6 +1,6 @@
 """``bnkit.check``: the BatchNorm pitfall detector.
 
-Every rule in :mod:`bnkit.diagnostics.findings`'s table runs on the model's layers as they are;
+Every rule in :mod:`bnkit.diagnostics.rules`' table runs on the model's layers as they are;
 rules that need an example input run on what one forward under ``torch.no_grad()`` showed, and
 rules that need an optimizer compare its param groups with the layers. Nothing about the model
 changes: phases, parameters, buffers, ``requires_grad`` and gradients are put back (also when
@@ -18,7 +18,8 @@ import torch.nn as nn
 from bnkit.diagnostics._example import Probe, run_probe
 from bnkit.diagnostics._facts import as_module, facts
 from bnkit.diagnostics._rules_input import DOMAIN_THRESHOLD
-from bnkit.diagnostics.findings import Context, Finding, Severity, kinds, rules
+from bnkit.diagnostics.findings import Context, Finding, Severity
+from bnkit.diagnostics.rules import kinds, rules
 from bnkit.errors import DiagnosticError
 
 __all__ = ["check", "errors"]
