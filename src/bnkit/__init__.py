@@ -23,7 +23,7 @@ from bnkit.layers import register_layer
 from bnkit.policy import Policy, preset, presets, register_preset
 from bnkit.stats import StatSet, capture_stats, load_stats, recalibrate, stat_bank
 from bnkit.tent import Tent, tent
-from bnkit.training import accumulate, mask
+from bnkit.training import accumulate, average_stats, distribute_stats, mask
 
 __all__ = [
     "BNKitError",
@@ -36,10 +36,12 @@ __all__ = [
     "__version__",
     "accumulate",
     "apply",
+    "average_stats",
     "bn_layers",
     "capture_stats",
     "check",
     "desynchronize",
+    "distribute_stats",
     "explain",
     "freeze",
     "from_frozen",
