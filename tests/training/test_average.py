@@ -115,13 +115,15 @@ def test_ema_with_averaged_model_follows_the_weights_rule() -> None:
     torch.testing.assert_close(ema.module[0].weight.double(), expected_weight)
 
 
-@pytest.mark.parametrize("exclude_buffers", [False, True])
-def test_timm_model_ema_with_its_own_decay(exclude_buffers: bool) -> None:
+@pytest.mark.parametrize("helper", ["ModelEmaV2", "ModelEmaV3", "ModelEmaV3-exclude_buffers"])
+def test_timm_model_ema_with_its_own_decay(helper: str) -> None:
     install()
-    from timm.utils.model_ema import ModelEmaV3
+    from timm.utils import model_ema
 
     model = _net()
-    ema = ModelEmaV3(model, decay=0.8, exclude_buffers=exclude_buffers)
+    name, _, option = helper.partition("-")
+    kwargs = {option: True} if option else {}
+    ema = getattr(model_ema, name)(model, decay=0.8, **kwargs)
     start = _stats(ema.module)  # timm starts from a copy of the model as built
 
     def step() -> None:

@@ -1,8 +1,8 @@
 r"""Weight averaging (SWA, EMA) with BatchNorm statistics that belong to the averaged weights.
 
-An averaged model (``torch.optim.swa_utils.AveragedModel``, timm's ``ModelEma*``, or a second
-copy whose parameters you average yourself) needs running statistics too. There are two right
-answers, and the user chooses:
+An averaged model (``torch.optim.swa_utils.AveragedModel``, timm's ``ModelEmaV2``/``V3``, or
+a second copy whose parameters you average yourself) needs running statistics too. There are
+two right answers, and the user chooses:
 
 * **average them with the weights**, by the same rule: :func:`average_stats` around each
   averaging step. With weight :math:`w` for the new model (:math:`1/k` for the :math:`k`-th
@@ -153,7 +153,7 @@ def average_stats(
     * ``AveragedModel`` with its default (equal weights): the :math:`(n+1)`-th model of
       ``n_averaged = n`` weighs :math:`1/(n+1)`; with an EMA function pass ``decay=`` (its
       first update copies, as it does for the weights);
-    * timm ``ModelEma``/``ModelEmaV2``/``ModelEmaV3``: ``decay=`` its ``decay`` (pass
+    * timm ``ModelEmaV2``/``ModelEmaV3``: ``decay=`` its ``decay`` (pass
       ``decay=ema.get_decay(step)`` when you call ``ema.update(model, step)`` with a warmup);
     * any other module (a second copy you average yourself): ``decay=`` or ``count=``.
 
