@@ -5,7 +5,8 @@ Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset nam
 :func:`watch` to see what the layers of a model really do, and :func:`recalibrate` when the
 running statistics no longer fit the data. Everything else lives in the submodules:
 :mod:`bnkit.policy`, :mod:`bnkit.functional`, :mod:`bnkit.layers`, :mod:`bnkit.stats`,
-:mod:`bnkit.convert`, :mod:`bnkit.diagnostics`, :mod:`bnkit.reference`, :mod:`bnkit.errors`.
+:mod:`bnkit.convert`, :mod:`bnkit.diagnostics`, :mod:`bnkit.training` (real training loops),
+:mod:`bnkit.integrations` (Lightning, transformers), :mod:`bnkit.reference`, :mod:`bnkit.errors`.
 """
 
 from typing import Any as _Any

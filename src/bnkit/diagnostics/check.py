@@ -40,10 +40,12 @@ def check(
         model: the model (DDP and ``torch.compile`` wrappers are seen through).
         example_input: a batch the model takes (a tensor; a tuple/list of positional
             arguments; or a dict of keyword arguments). Enables ``tiny_batch``,
-            ``domain_shift`` and ``shared_layer``, and makes ``conv_bias_before_bn`` follow
-            the data. The forward runs in the model's current phases, under
-            ``torch.no_grad()``, while a copy of every parameter and buffer is held to put
-            back (so it needs that much extra memory).
+            ``domain_shift``, ``shared_layer``, ``double_update`` (plain layers inside an
+            activation-checkpointed segment) and ``updates_in_eval_loop`` (``check`` called
+            under ``torch.no_grad()`` on a model in ``train()``), and makes
+            ``conv_bias_before_bn`` follow the data. The forward runs in the model's current
+            phases, under ``torch.no_grad()``, while a copy of every parameter and buffer is
+            held to put back (so it needs that much extra memory).
         optimizer: an optimizer (anything with ``param_groups``) or a sequence of them.
             Enables ``frozen_param_in_optimizer``, ``trainable_bn_not_in_optimizer`` and
             ``bn_weight_decay``. Parameters are matched by identity.
