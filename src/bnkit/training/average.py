@@ -157,8 +157,10 @@ def average_stats(
       ``decay=ema.get_decay(step)`` when you call ``ema.update(model, step)`` with a warmup);
     * any other module (a second copy you average yourself): ``decay=`` or ``count=``.
 
-    Nothing changes when the block raises. The exact alternative is
-    :func:`bnkit.recalibrate` on training data once the weights are averaged.
+    When the block raises, or the model's statistics hold NaN/Inf, the running statistics of
+    ``averaged`` are put back as they were before the block (whatever the helper wrote into
+    them); the weights are the helper's. The exact alternative is :func:`bnkit.recalibrate` on
+    training data once the weights are averaged.
 
     Args:
         averaged: the averaged model, or the helper that holds it.
