@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import linecache
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,13 @@ def examples(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
+def _source(name: str, code: str) -> str:
+    """Register a block's code as the source of ``name``, so that ``inspect.getsource`` reads
+    the functions it defines as it would from a user's file."""
+    linecache.cache[name] = (len(code), None, code.splitlines(keepends=True), name)
+    return name
+
+
 def _norm(s: str) -> str:
     return "\n".join(line.rstrip() for line in s.strip().splitlines())
 
@@ -48,8 +57,10 @@ def test_examples_run_and_print_what_the_docs_show(path: Path) -> None:
     for i, (code, expected) in enumerate(examples(path)):
         buffer = io.StringIO()
         try:
-            with contextlib.redirect_stdout(buffer):
-                exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
+            with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+                # the trainers' own advice and deprecations (workers, log intervals), not bnkit's
+                warnings.filterwarnings("ignore", module=r"(lightning|transformers)\.")
+                exec(compile(code, _source(f"{path.name}[block {i}]", code), "exec"), namespace)
         except Exception as err:  # pragma: no cover - the message is the report
             raise AssertionError(f"{path.name} block {i} failed: {err!r}\n{code}") from err
         if expected is not None:

@@ -126,6 +126,8 @@ def test_nonfinite_guard_keeps_backward_working(
         lambda m: bnkit.recalibrate(m, [torch.randn(2, 3)], progress=False),
         lambda m: bnkit.synchronize(m),
         lambda m: bnkit.to_frozen(m),
+        lambda m: bnkit.average_stats(m, nn.BatchNorm1d(3), decay=0.9).__enter__(),
+        lambda m: bnkit.distribute_stats(m),
     ],
 )
 def test_something_that_is_not_a_module_gets_a_clear_error(call: object) -> None:

@@ -138,7 +138,9 @@ def too_few_values(policy: Policy, training: bool, shape: tuple[int, ...]) -> bo
         batch = policy.prior_strength < math.inf
     smallest = shape[0]
     if policy.normalize is Normalize.GHOST and training and shape[0] > policy.ghost_size:
-        smallest = shape[0] % policy.ghost_size or policy.ghost_size
+        # ghost groups split as torch.chunk does, into ceil(N / ghost_size) parts
+        parts = torch.arange(shape[0]).chunk(math.ceil(shape[0] / policy.ghost_size))
+        smallest = min(len(p) for p in parts)
     needs = batch is not False or updates(policy, training)
     return needs and smallest * spatial <= 1
 

@@ -5,7 +5,8 @@ Start with :func:`apply` (or :func:`freeze`) and a :class:`Policy` or preset nam
 :func:`watch` to see what the layers of a model really do, and :func:`recalibrate` when the
 running statistics no longer fit the data. Everything else lives in the submodules:
 :mod:`bnkit.policy`, :mod:`bnkit.functional`, :mod:`bnkit.layers`, :mod:`bnkit.stats`,
-:mod:`bnkit.convert`, :mod:`bnkit.diagnostics`, :mod:`bnkit.reference`, :mod:`bnkit.errors`.
+:mod:`bnkit.convert`, :mod:`bnkit.diagnostics`, :mod:`bnkit.training` (real training loops),
+:mod:`bnkit.integrations` (Lightning, transformers), :mod:`bnkit.reference`, :mod:`bnkit.errors`.
 """
 
 from typing import Any as _Any
@@ -23,7 +24,7 @@ from bnkit.layers import register_layer
 from bnkit.policy import Policy, preset, presets, register_preset
 from bnkit.stats import StatSet, capture_stats, load_stats, recalibrate, stat_bank
 from bnkit.tent import Tent, tent
-from bnkit.training import accumulate, mask
+from bnkit.training import accumulate, average_stats, distribute_stats, mask
 
 __all__ = [
     "BNKitError",
@@ -36,10 +37,12 @@ __all__ = [
     "__version__",
     "accumulate",
     "apply",
+    "average_stats",
     "bn_layers",
     "capture_stats",
     "check",
     "desynchronize",
+    "distribute_stats",
     "explain",
     "freeze",
     "from_frozen",

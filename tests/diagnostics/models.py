@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 def cnn(bias: bool = False) -> nn.Sequential:
@@ -122,3 +123,38 @@ def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert before.keys() == after.keys()
     for key in before:
         assert same(before[key], after[key]), f"{key} changed"
+
+
+def trained(seed: int = 0) -> nn.Sequential:
+    """A calibrated model whose gamma/beta vary across channels, as after training."""
+    model = clean()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+    return model
+
+
+def weight_only_average() -> nn.Sequential:
+    """A freshly built copy that an average of the parameters only was written into."""
+    averaged = cnn()
+    with torch.no_grad():
+        for mine, theirs in zip(averaged.parameters(), trained().parameters(), strict=True):
+            mine.copy_(theirs)
+    return averaged
+
+
+class Checkpointed(nn.Module):
+    """:func:`cnn` whose first two blocks run under activation checkpointing."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.body = clean()
+        self.reentrant = reentrant
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = checkpoint(self.body[:6], x, use_reentrant=self.reentrant)
+        out: Tensor = self.body[6:](x)
+        return out

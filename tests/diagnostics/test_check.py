@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from tests.diagnostics.models import batch, calibrated, clean, cnn, no_decay_optimizer
+from tests.diagnostics.models import (
+    Checkpointed,
+    batch,
+    calibrated,
+    clean,
+    cnn,
+    no_decay_optimizer,
+    weight_only_average,
+)
+from torch.optim.swa_utils import AveragedModel
 
 import bnkit
 from bnkit.diagnostics import Severity, kinds
@@ -23,6 +32,8 @@ class Case:
     model: nn.Module
     example: Any = None
     optimizer: Any = None
+    grad: bool = True
+    """Gradients enabled where check() is called (False: inside an evaluation loop)."""
 
 
 def _drift_train() -> Case:
@@ -193,6 +204,41 @@ def _stale_unreached() -> Case:
     return Case(Unreached(), batch(32))
 
 
+def _half() -> Case:
+    return Case(clean().half())
+
+
+def _bfloat16_eval() -> Case:
+    return Case(clean().eval().to(torch.bfloat16))  # updates once train() is called
+
+
+def _weights_only_average_eval() -> Case:
+    return Case(weight_only_average().eval())
+
+
+def _weights_only_average_train() -> Case:
+    return Case(weight_only_average().train())
+
+
+def _averaged_model() -> Case:
+    source = nn.Sequential(nn.Linear(4, 4, bias=False), nn.BatchNorm1d(4, affine=False))
+    averaged = AveragedModel(source)
+    averaged.update_parameters(source)  # weights averaged, the source never ran a batch
+    return Case(averaged.eval())
+
+
+def _checkpointed_train() -> Case:
+    return Case(Checkpointed(reentrant=False).train(), batch(32))
+
+
+def _checkpointed_eval() -> Case:
+    return Case(Checkpointed(reentrant=True).eval(), batch(32).requires_grad_())
+
+
+def _eval_loop() -> Case:
+    return Case(clean().train(), batch(32), grad=False)
+
+
 # kind -> [(builder, expected severity, expected layers)]
 TRIGGERS: dict[str, list[tuple[Callable[[], Case], Severity, tuple[str, ...]]]] = {
     "stats_drift_with_frozen_affine": [(_drift_train, W, ("1",)), (_drift_eval, INFO, ("4",))],
@@ -219,6 +265,20 @@ TRIGGERS: dict[str, list[tuple[Callable[[], Case], Severity, tuple[str, ...]]]] 
     ],
     "trainable_bn_not_in_optimizer": [(_not_in_optimizer, W, ("4", "9"))],
     "bn_weight_decay": [(_weight_decay, INFO, ("1", "4", "9"))],
+    "half_precision_running_stats": [
+        (_half, W, ("1", "4", "9")),
+        (_bfloat16_eval, INFO, ("1", "4", "9")),
+    ],
+    "weights_without_stats": [
+        (_weights_only_average_eval, E, ("1", "4", "9")),
+        (_weights_only_average_train, W, ("1", "4", "9")),
+        (_averaged_model, E, ("module.1",)),
+    ],
+    "double_update": [
+        (_checkpointed_train, W, ("body.1", "body.4")),
+        (_checkpointed_eval, INFO, ("body.1", "body.4")),
+    ],
+    "updates_in_eval_loop": [(_eval_loop, W, ("1", "4", "9"))],
 }
 CASES = [
     pytest.param(kind, build, sev, layers, id=f"{kind}-{build.__name__.strip('_')}")
@@ -229,7 +289,7 @@ CASES = [
 
 def test_every_kind_has_a_trigger() -> None:
     assert set(TRIGGERS) == set(kinds())
-    assert len(kinds()) == len(set(kinds())) == 14
+    assert len(kinds()) == len(set(kinds())) == 18
 
 
 @pytest.mark.parametrize(("kind", "build", "severity", "layers"), CASES)
@@ -237,7 +297,9 @@ def test_kind_fires_on_its_trigger(
     kind: str, build: Callable[[], Case], severity: Severity, layers: tuple[str, ...]
 ) -> None:
     case = build()
-    found = [f for f in bnkit.check(case.model, case.example, case.optimizer) if f.kind == kind]
+    with torch.set_grad_enabled(case.grad):
+        found = bnkit.check(case.model, case.example, case.optimizer)
+    found = [f for f in found if f.kind == kind]
     assert len(found) == 1, found
     f = found[0]
     assert f.severity is severity

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch.nn as nn
 
 import bnkit
-from bnkit.diagnostics import findings
+from bnkit.diagnostics import findings, rules
 from bnkit.diagnostics._text import listing, where
 
 
 def test_rule_table() -> None:
-    table = findings.rules()
-    assert [r.kind for r in table] == findings.kinds()
-    assert {r.needs for r in table} == {"model", "input", "optimizer"}
-    assert all(r.summary for r in table)
-    with pytest.raises(bnkit.errors.DiagnosticError, match="already registered"):
-        findings.rule("tiny_batch", "input", "again")(lambda ctx: [])
-    with pytest.raises(bnkit.errors.DiagnosticError, match="needs must be"):
-        findings.rule("new_kind", "weather", "no")
+    table = rules.rules()
+    assert [r.kind for r in table] == rules.kinds() == bnkit.diagnostics.kinds()
+    assert len(set(rules.kinds())) == len(table)
+    assert {r.needs for r in table} == set(rules.NEEDS)
+    assert all(r.summary and callable(r.run) for r in table)
+    # each rule is a plain function of a _rules_* module, which the table names
+    assert all(r.run.__module__.startswith("bnkit.diagnostics._rules_") for r in table)
 
 
-def test_a_new_rule_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(findings, "_RULES", dict(findings._RULES))
+def test_findings_imports_no_rule_module() -> None:
+    """Regression: findings.rules() imported the rule modules, which import findings."""
+    source = Path(findings.__file__).read_text()
+    assert "_rules_" not in source.replace("``_rules_*``", "")
+    assert "bnkit.diagnostics.rules" not in source.split('"""', 2)[2]
 
-    @findings.rule("odd_width", "model", "BatchNorm with an odd number of channels")
+
+def test_a_new_rule_is_one_function_and_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
     def odd(ctx: findings.Context) -> list[bnkit.diagnostics.Finding]:
         names = tuple(f.name for f in ctx.layers if getattr(f.layer, "num_features", 0) % 2)
         if not names:
@@ -37,6 +41,8 @@ def test_a_new_rule_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
             )
         ]
 
+    row = rules.Rule("odd_width", "model", "BatchNorm with an odd number of channels", odd)
+    monkeypatch.setattr(rules, "RULES", (*rules.RULES, row))
     model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(4))
     assert [(f.kind, f.layers) for f in bnkit.check(model)] == [("odd_width", ("0",))]
     assert [f.kind for f in bnkit.check(model, ignore=["odd_width"])] == []

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from bnkit.diagnostics.check import check, errors
-from bnkit.diagnostics.findings import kinds
 from bnkit.diagnostics.report import report
+from bnkit.diagnostics.rules import kinds
 from bnkit.errors import DiagnosticError
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")

@@ -7,14 +7,21 @@ version counter moved or whose values differ: BatchNorm kernels update running s
 without a version bump), so tensors the forward did not touch keep their version and an
 autograd graph built before the check still backpropagates. The random number generators are
 forked, so a check does not shift a seeded run either.
+
+Two facts about the forward's surroundings are kept for the rules: whether the caller had
+gradients enabled (``check`` inside an evaluation loop's ``torch.no_grad()``), and, per call,
+whether the layer ran inside an activation-checkpointed segment (found on the call stack), whose
+forward the backward runs a second time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import torch
@@ -28,7 +35,16 @@ from bnkit.diagnostics._facts import behaviour, layer_facts, running_stats
 from bnkit.errors import DiagnosticError
 from bnkit.layers.select import bn_layers
 
-__all__ = ["Call", "ModelState", "Probe", "run_probe"]
+__all__ = ["CHECKPOINT_MODULES", "Call", "ModelState", "Probe", "in_checkpoint", "run_probe"]
+
+CHECKPOINT_MODULES = frozenset(
+    {
+        "torch.utils.checkpoint",
+        "fairscale.nn.checkpoint.checkpoint_activations",
+        "deepspeed.runtime.activation_checkpointing.checkpointing",
+    }
+)
+"""Modules whose functions run a segment's forward again during the backward."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +68,9 @@ class Call:
     running_var: Tensor | None
     after: str | None
     """The conv/linear layer with a bias whose unmodified output is this call's input."""
+    checkpointed: bool = False
+    """The call ran inside an activation-checkpointed segment (its forward runs again in the
+    backward)."""
 
 
 @dataclasses.dataclass
@@ -63,6 +82,9 @@ class Probe:
     """The exception the example forward raised, if any."""
     failed_in: str | None = None
     """The BatchNorm layer whose forward raised it, if it was one."""
+    grad_enabled: bool = True
+    """Gradients were enabled where ``check`` was called (False inside ``torch.no_grad()`` or
+    ``torch.inference_mode()``, as in an evaluation loop)."""
 
 
 class ModelState:
@@ -126,6 +148,17 @@ def _copy(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().double().clone()
 
 
+def in_checkpoint() -> bool:
+    """Whether the caller runs inside a checkpointed segment (a function of
+    :data:`CHECKPOINT_MODULES` is on the call stack)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") in CHECKPOINT_MODULES:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _call_model(model: nn.Module, example_input: Any) -> None:
     if isinstance(example_input, Mapping):
         model(**example_input)
@@ -154,7 +187,7 @@ def run_probe(model: nn.Module, example_input: Any) -> Probe:
             f"layer {lazy[0]!r} is an unmaterialized lazy layer; a forward would build it and "
             "change the model, so check() does not run one; run one forward pass yourself first"
         )
-    probe = Probe()
+    probe = Probe(grad_enabled=torch.is_grad_enabled())
     names = {id(m): n for n, m in bn_layers(model)}
     biased: dict[int, tuple[weakref.ref[Tensor], int, str]] = {}
     pending: list[str] = []
@@ -191,6 +224,7 @@ def run_probe(model: nn.Module, example_input: Any) -> Probe:
                 running_mean=_copy(r_mean),
                 running_var=_copy(r_var),
                 after=after,
+                checkpointed=in_checkpoint(),
             )
         )
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
+from torch.optim.swa_utils import AveragedModel
 
 from bnkit.apply import policy_of
 from bnkit.errors import DiagnosticError, LayerError
@@ -28,6 +29,7 @@ __all__ = [
     "affine_params",
     "affine_state",
     "as_module",
+    "averaged_count",
     "batches_tracked",
     "behaviour",
     "facts",
@@ -35,6 +37,7 @@ __all__ = [
     "layer_facts",
     "never_updated",
     "running_stats",
+    "trained_affine",
 ]
 
 
@@ -196,3 +199,23 @@ def layer_facts(name: str, layer: nn.Module) -> LayerFacts:
 def facts(model: nn.Module) -> list[LayerFacts]:
     """The facts of every BatchNorm layer of the (unwrapped) model, in module order."""
     return [layer_facts(name, layer) for name, layer in bn_layers(unwrap(model))]
+
+
+def trained_affine(layer: nn.Module) -> bool:
+    """Whether gamma or beta differ across channels: trained (or averaged, or loaded), since
+    every initialization PyTorch and the model zoos use sets one value for all channels."""
+    for name in ("weight", "bias"):
+        t = getattr(layer, name, None)
+        if isinstance(t, Tensor) and not is_lazy(t) and t.numel() > 1:
+            with torch.no_grad():
+                if bool(torch.isfinite(t).all()) and bool(t.amax() != t.amin()):
+                    return True
+    return False
+
+
+def averaged_count(model: nn.Module) -> int | None:
+    """How many models ``torch.optim.swa_utils.AveragedModel`` averaged into ``model`` (None
+    when ``model`` is not one)."""
+    if not isinstance(model, AveragedModel):
+        return None
+    return int(model.n_averaged)

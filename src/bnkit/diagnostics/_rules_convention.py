@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from bnkit.diagnostics._facts import LayerFacts, running_stats
 from bnkit.diagnostics._text import listing, where
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 
-__all__: list[str] = []
+__all__ = ["TF_MOMENTUM", "tensorflow_momentum"]
 
 TF_MOMENTUM = 0.5
 """A momentum above this is taken for a TensorFlow/Keras value (PyTorch's default is 0.1)."""
@@ -29,11 +29,6 @@ def _momentum(f: LayerFacts) -> float | None:
     return float(m) if isinstance(m, (int, float)) else None
 
 
-@rule(
-    "tensorflow_momentum",
-    "model",
-    "a momentum in TensorFlow's convention (0.99: weight of the old statistics)",
-)
 def tensorflow_momentum(ctx: Context) -> list[Finding]:
     groups: dict[tuple[float, Severity], list[LayerFacts]] = {}
     for f in ctx.layers:

@@ -28,9 +28,16 @@ from torch import Tensor
 from bnkit.diagnostics._example import Call
 from bnkit.diagnostics._facts import LayerFacts, never_updated
 from bnkit.diagnostics._text import where
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 
-__all__ = ["DOMAIN_MIN_SAMPLES", "DOMAIN_THRESHOLD", "jeffreys"]
+__all__ = [
+    "DOMAIN_MIN_SAMPLES",
+    "DOMAIN_THRESHOLD",
+    "domain_shift",
+    "jeffreys",
+    "shared_layer",
+    "tiny_batch",
+]
 
 DOMAIN_THRESHOLD = 0.5
 """Default ``domain_threshold`` of :func:`bnkit.check`: a mean symmetric KL per channel of 0.5,
@@ -55,7 +62,6 @@ def _batchy(calls: list[Call]) -> list[Call]:
     return [c for c in calls if c.batch or c.updates]
 
 
-@rule("tiny_batch", "input", "batch statistics from too few values per channel")
 def tiny_batch(ctx: Context) -> list[Finding]:
     assert ctx.probe is not None
     errors: list[tuple[str, Call]] = []
@@ -123,11 +129,6 @@ def _distance(f: LayerFacts, call: Call) -> float | None:
     return value if math.isfinite(value) else None
 
 
-@rule(
-    "domain_shift",
-    "input",
-    "the example batch's statistics are far from the running statistics",
-)
 def domain_shift(ctx: Context) -> list[Finding]:
     assert ctx.probe is not None
     by_name = {f.name: f for f in ctx.layers}
@@ -169,7 +170,6 @@ def domain_shift(ctx: Context) -> list[Finding]:
     ]
 
 
-@rule("shared_layer", "input", "one BatchNorm module called more than once per forward")
 def shared_layer(ctx: Context) -> list[Finding]:
     assert ctx.probe is not None
     active: list[tuple[str, int]] = []

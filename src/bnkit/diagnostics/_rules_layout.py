@@ -7,10 +7,10 @@ import itertools
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 from bnkit.layers.select import is_bn_layer
 
-__all__: list[str] = []
+__all__ = ["conv_bias"]
 
 
 def _out_features(module: nn.Module) -> int | None:
@@ -40,7 +40,6 @@ def _sequential_pairs(model: nn.Module) -> set[tuple[str, str]]:
     return pairs
 
 
-@rule("conv_bias_before_bn", "model", "a conv/linear bias right before BatchNorm (redundant)")
 def conv_bias(ctx: Context) -> list[Finding]:
     pairs = _sequential_pairs(ctx.model)
     if ctx.probe is not None:

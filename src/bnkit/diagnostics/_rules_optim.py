@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from bnkit.diagnostics._facts import affine_params
 from bnkit.diagnostics._text import listing, where
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 
-__all__: list[str] = []
+__all__ = ["frozen_in_optimizer", "trainable_not_in_optimizer", "weight_decay"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +63,6 @@ def _group(slot: _Slot, many: bool) -> str:
     return f"{opt}group {slot.group}"
 
 
-@rule(
-    "frozen_param_in_optimizer",
-    "optimizer",
-    "a frozen gamma/beta is in an optimizer's param groups",
-)
 def frozen_in_optimizer(ctx: Context) -> list[Finding]:
     hits = [a for a in _affines(ctx) if not a.trainable and a.slots]
     if not hits:
@@ -119,11 +114,6 @@ def frozen_in_optimizer(ctx: Context) -> list[Finding]:
     return out
 
 
-@rule(
-    "trainable_bn_not_in_optimizer",
-    "optimizer",
-    "a trainable gamma/beta is in no optimizer group (it never changes)",
-)
 def trainable_not_in_optimizer(ctx: Context) -> list[Finding]:
     hits = [a for a in _affines(ctx) if a.trainable and not a.slots]
     if not hits:
@@ -153,7 +143,6 @@ def trainable_not_in_optimizer(ctx: Context) -> list[Finding]:
     ]
 
 
-@rule("bn_weight_decay", "optimizer", "weight decay on trainable gamma/beta")
 def weight_decay(ctx: Context) -> list[Finding]:
     hits = [a for a in _affines(ctx) if a.trainable and any(s.weight_decay > 0 for s in a.slots)]
     if not hits:

@@ -6,9 +6,9 @@ import torch.nn as nn
 
 from bnkit.diagnostics._facts import LayerFacts, affine_params
 from bnkit.diagnostics._text import listing, where
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 
-__all__: list[str] = []
+__all__ = ["batch_in_eval", "mixed_phase", "no_update", "stats_drift"]
 
 
 def _names(layers: list[LayerFacts]) -> list[str]:
@@ -22,11 +22,6 @@ def _by_phase(layers: list[LayerFacts]) -> list[tuple[Severity, list[LayerFacts]
     return [(s, g) for s, g in ((Severity.WARNING, now), (Severity.INFO, later)) if g]
 
 
-@rule(
-    "stats_drift_with_frozen_affine",
-    "model",
-    "gamma/beta frozen, but the running statistics still update in train()",
-)
 def stats_drift(ctx: Context) -> list[Finding]:
     hits = [
         f
@@ -67,11 +62,6 @@ def stats_drift(ctx: Context) -> list[Finding]:
     return out
 
 
-@rule(
-    "no_update_but_batch_stats",
-    "model",
-    "running statistics never update, yet train() normalizes with batch statistics",
-)
 def no_update(ctx: Context) -> list[Finding]:
     hits = []
     for f in ctx.layers:
@@ -116,11 +106,6 @@ def _no_update_cause(layer: nn.Module) -> str:
     return "their policy"
 
 
-@rule(
-    "batch_stats_in_eval",
-    "model",
-    "eval() output depends on the batch (track_running_stats=False or 'batch_stats')",
-)
 def batch_in_eval(ctx: Context) -> list[Finding]:
     hits = [f for f in ctx.layers if f.in_phase(False).batch]
     every = _names(list(ctx.layers))
@@ -158,11 +143,6 @@ def batch_in_eval(ctx: Context) -> list[Finding]:
     return out
 
 
-@rule(
-    "unmanaged_mixed_phase",
-    "model",
-    "BatchNorm layers in another phase than the model, without a policy that pins them",
-)
 def mixed_phase(ctx: Context) -> list[Finding]:
     root = ctx.model.training
     hits = [f for f in ctx.layers if f.training != root and f.in_phase(True) != f.in_phase(False)]

@@ -5,19 +5,20 @@ from __future__ import annotations
 import torch
 
 from bnkit.diagnostics._facts import LayerFacts, never_updated, running_stats
+from bnkit.diagnostics._rules_loops import stale_weights
 from bnkit.diagnostics._text import listing
-from bnkit.diagnostics.findings import Context, Finding, Severity, rule
+from bnkit.diagnostics.findings import Context, Finding, Severity
 
-__all__: list[str] = []
+__all__ = ["nonfinite", "stale"]
 
 
-@rule(
-    "stale_running_stats",
-    "model",
-    "normalizing with running statistics that were never updated (mean 0, var 1)",
-)
 def stale(ctx: Context) -> list[Finding]:
-    hits = [f for f in ctx.layers if f.now.batch is False and never_updated(f.layer)]
+    weights = {f.name for f in stale_weights(ctx)}  # told apart: weights_without_stats
+    hits = [
+        f
+        for f in ctx.layers
+        if f.now.batch is False and never_updated(f.layer) and f.name not in weights
+    ]
     reached = None if ctx.probe is None else set(ctx.probe.calls)
     used = [f.name for f in hits if reached is None or f.name in reached]
     unused = [f.name for f in hits if reached is not None and f.name not in reached]
@@ -67,7 +68,6 @@ def stale(ctx: Context) -> list[Finding]:
     return out
 
 
-@rule("nonfinite_running_stats", "model", "NaN/Inf or non-positive running statistics")
 def nonfinite(ctx: Context) -> list[Finding]:
     bad: list[tuple[LayerFacts, str, bool]] = []
     for f in ctx.layers:

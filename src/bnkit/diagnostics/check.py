@@ -1,6 +1,6 @@
 """``bnkit.check``: the BatchNorm pitfall detector.
 
-Every rule in :mod:`bnkit.diagnostics.findings`'s table runs on the model's layers as they are;
+Every rule in :mod:`bnkit.diagnostics.rules`' table runs on the model's layers as they are;
 rules that need an example input run on what one forward under ``torch.no_grad()`` showed, and
 rules that need an optimizer compare its param groups with the layers. Nothing about the model
 changes: phases, parameters, buffers, ``requires_grad`` and gradients are put back (also when
@@ -18,7 +18,8 @@ import torch.nn as nn
 from bnkit.diagnostics._example import Probe, run_probe
 from bnkit.diagnostics._facts import as_module, facts
 from bnkit.diagnostics._rules_input import DOMAIN_THRESHOLD
-from bnkit.diagnostics.findings import Context, Finding, Severity, kinds, rules
+from bnkit.diagnostics.findings import Context, Finding, Severity
+from bnkit.diagnostics.rules import kinds, rules
 from bnkit.errors import DiagnosticError
 
 __all__ = ["check", "errors"]
@@ -39,10 +40,12 @@ def check(
         model: the model (DDP and ``torch.compile`` wrappers are seen through).
         example_input: a batch the model takes (a tensor; a tuple/list of positional
             arguments; or a dict of keyword arguments). Enables ``tiny_batch``,
-            ``domain_shift`` and ``shared_layer``, and makes ``conv_bias_before_bn`` follow
-            the data. The forward runs in the model's current phases, under
-            ``torch.no_grad()``, while a copy of every parameter and buffer is held to put
-            back (so it needs that much extra memory).
+            ``domain_shift``, ``shared_layer``, ``double_update`` (plain layers inside an
+            activation-checkpointed segment) and ``updates_in_eval_loop`` (``check`` called
+            under ``torch.no_grad()`` on a model in ``train()``), and makes
+            ``conv_bias_before_bn`` follow the data. The forward runs in the model's current
+            phases, under ``torch.no_grad()``, while a copy of every parameter and buffer is
+            held to put back (so it needs that much extra memory).
         optimizer: an optimizer (anything with ``param_groups``) or a sequence of them.
             Enables ``frozen_param_in_optimizer``, ``trainable_bn_not_in_optimizer`` and
             ``bn_weight_decay``. Parameters are matched by identity.

@@ -1,26 +1,24 @@
-"""Findings and the table of rules that produce them.
+"""What a finding is, and what a rule may look at.
 
-A rule is one small function ``rule(ctx) -> list[Finding]`` registered under a stable ``kind``
-with what it needs (the model alone, an example input, or an optimizer). Adding a kind is
-writing one function with the :func:`rule` decorator.
+A rule is one plain function ``rule(ctx: Context) -> list[Finding]`` in a ``_rules_*`` module;
+:mod:`bnkit.diagnostics.rules` lists them, in order, with the ``kind`` each reports and what it
+needs. This module imports none of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
-
-from bnkit.errors import DiagnosticError
 
 if TYPE_CHECKING:
     from bnkit.diagnostics._example import Probe
     from bnkit.diagnostics._facts import LayerFacts
 
-__all__ = ["Context", "Finding", "Rule", "Severity", "kinds", "rule", "rules"]
+__all__ = ["Context", "Finding", "Severity"]
 
 
 class Severity(str, enum.Enum):
@@ -99,54 +97,3 @@ class Context:
     def managed_names(self) -> set[str]:
         """Names of the layers whose behaviour bnkit decides."""
         return {f.name for f in self.layers if f.bnkit}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """A registered rule."""
-
-    kind: str
-    needs: str
-    """``"model"``, ``"input"`` (an example input) or ``"optimizer"``."""
-    summary: str
-    run: Callable[[Context], list[Finding]]
-
-
-_RULES: dict[str, Rule] = {}
-
-
-RuleFn = Callable[[Context], list[Finding]]
-
-
-def rule(kind: str, needs: str, summary: str) -> Callable[[RuleFn], Rule]:
-    """Register ``fn(ctx) -> list[Finding]`` as the rule for ``kind``."""
-    if needs not in ("model", "input", "optimizer"):
-        raise DiagnosticError(f"needs must be 'model', 'input' or 'optimizer' (got {needs!r})")
-
-    def register(fn: RuleFn) -> Rule:
-        if kind in _RULES:
-            raise DiagnosticError(f"a rule for kind {kind!r} is already registered")
-        made = Rule(kind, needs, summary, fn)
-        _RULES[kind] = made
-        return made
-
-    return register
-
-
-def rules() -> list[Rule]:
-    """Every registered rule, in registration order."""
-    from bnkit.diagnostics import (  # noqa: F401 (importing registers the rules)
-        _rules_convention,
-        _rules_input,
-        _rules_layout,
-        _rules_optim,
-        _rules_phase,
-        _rules_stats,
-    )
-
-    return list(_RULES.values())
-
-
-def kinds() -> list[str]:
-    """Every finding kind :func:`bnkit.check` knows."""
-    return [r.kind for r in rules()]
