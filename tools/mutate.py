@@ -155,6 +155,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="summarize a results file and stop")
     parser.add_argument("--sample", type=int, help="run a random sample of this many mutants")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--retest", action="store_true", help="run the survivors of --out again with --tests"
+    )
     args = parser.parse_args()
     if args.report:
         report(json.loads(args.report.read_text()))
@@ -179,7 +182,10 @@ def main() -> None:
             tree = ast.parse(original)
             for index, what in mutations(tree):
                 key = f"{target}#{index}"
-                if key in results or (chosen is not None and key not in chosen):
+                if args.retest:
+                    if results.get(key, {}).get("outcome") != "survived":
+                        continue
+                elif key in results or (chosen is not None and key not in chosen):
                     continue
                 copy_path.write_text(ast.unparse(apply(tree, index)))
                 start = time.monotonic()
