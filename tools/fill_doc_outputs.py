@@ -1,6 +1,6 @@
 """Fill the ```text block after each ```python block of a Markdown file with what it prints.
 
-    python tools/fill_doc_outputs.py docs/questions/momentum-zero.md [...]
+    python tools/fill_doc_outputs.py docs/explanation/questions/momentum-zero.md [...]
 
 A python block followed by an empty ```text block (or an existing one) gets its output written
 there. tests/test_docs_examples.py checks that the docs keep printing exactly that; this tool
