@@ -31,7 +31,7 @@ demo: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
-	@echo "docs built in site/index.html"
+	@echo "docs built in site/index.html; for search, serve it: python -m http.server -d site"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -81,6 +81,8 @@ class FrozenBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features, **kw))
 
     def forward(self, input: Tensor) -> Tensor:
+        """Normalize with the stored statistics and affine, as BatchNorm does in ``eval()``
+        (the same kernel), with the steps a declared layer adds around the normalization."""
         low, high = self._dims
         if not low <= input.dim() <= high or input.shape[1] != self.num_features:
             raise InputError(
@@ -114,6 +116,7 @@ class FrozenBatchNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """``num_features`` and ``eps``, as ``repr()`` shows them."""
         return f"{self.num_features}, eps={self.eps}"
 
 

@@ -125,6 +125,7 @@ class Report:
 
     @property
     def title(self) -> str:
+        """The report's first line: the model, its phase and how many layers it has."""
         phase = "train" if self.training else "eval"
         return f"BatchNorm layers of {self.model} (model in {phase}(), {len(self.rows)} layers)"
 

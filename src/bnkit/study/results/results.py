@@ -113,6 +113,7 @@ class Results:
         return json.dumps(_plain(dataclasses.asdict(self)), indent=1, allow_nan=False)
 
     def to_csv(self) -> str:
+        """The rows as CSV, one line per row (a learning curve as ``;``-separated values)."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
         writer.writeheader()
