@@ -104,7 +104,7 @@ def unfreeze(model: M, where: Where = None) -> M:
     Class, ``momentum`` and ``requires_grad`` come back; running statistics keep their
     current values (they are data, not behaviour). Layers bnkit does not manage are left alone.
     """
-    release([layer for _, layer in select(model, where)])
+    release(select(model, where))
     return model
 
 
@@ -126,7 +126,7 @@ def using(model: M, policy: Policy | str, where: Where = None) -> Iterator[M]:
     pol = resolve(policy)
     chosen = [(name, layer, pol) for name, layer in targets(model, where)]
     layers = [layer for _, layer, _ in chosen]
-    with hold(layers):
+    with hold([(name, layer) for name, layer, _ in chosen], "using"):
         saved = [(layer, capture(layer)) for layer in layers]
         try:
             manage_all(chosen)

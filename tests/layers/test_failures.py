@@ -124,3 +124,25 @@ def test_nested_using_in_one_thread_restores_in_order() -> None:
     with bnkit.using(model, "adapt"), bnkit.using(model, "frozen"):
         assert bnkit.policy_of(model[0]) == bnkit.preset("frozen")
     assert bnkit.managed_layers(model) == []
+
+
+def test_a_refusal_names_the_other_threads_block_and_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with bnkit.mask(model, torch.ones(2, 4, dtype=torch.bool)):
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(bnkit.LayerError, match=r"layer '1' is inside a bnkit\.mask block"):
+            bnkit.unfreeze(model)
+        with pytest.raises(bnkit.LayerError, match=r"layer '1' is inside a bnkit\.mask block"):
+            bnkit.using(model, "frozen").__enter__()
+    finally:
+        release.set()
+        thread.join()

@@ -26,40 +26,41 @@ from bnkit.policy import Affine, Policy, Update
 __all__ = ["check_manageable", "hold", "manage", "manage_all", "release"]
 
 _LOCK = threading.Lock()
-_HELD: dict[int, tuple[int, int]] = {}
-"""``id(layer) -> (thread id, depth)`` for layers inside a ``using`` block."""
+_HELD: dict[int, tuple[int, int, str]] = {}
+"""``id(layer) -> (thread id, depth, block)`` for layers inside a block of some thread."""
 
 
 def _check_not_held(layer: nn.Module, label: str) -> None:
     owner = _HELD.get(id(layer))
     if owner is not None and owner[0] != threading.get_ident():
         raise LayerError(
-            f"layer {label!r} is inside a bnkit.using block of another thread; policies belong "
-            "to layers, not threads, so it cannot change until that block ends (give each "
-            "thread its own copy of the model to run different policies at once)"
+            f"layer {label!r} is inside a bnkit.{owner[2]} block of another thread; policies "
+            "belong to layers, not threads, so it cannot change until that block ends (give "
+            "each thread its own copy of the model to run different policies at once)"
         )
 
 
 @contextlib.contextmanager
-def hold(layers: Sequence[nn.Module]) -> Iterator[None]:
-    """Reserve ``layers`` for the current thread (nested holds in one thread are fine)."""
+def hold(layers: Sequence[tuple[str, nn.Module]], block: str) -> Iterator[None]:
+    """Reserve the ``(name, layer)`` pairs for the current thread's ``block`` (``"using"``,
+    ``"mask"`` ...); nested blocks in one thread are fine."""
     me = threading.get_ident()
     with _LOCK:
-        for layer in layers:
-            _check_not_held(layer, type(layer).__name__)
-        for layer in layers:
-            depth = _HELD.get(id(layer), (me, 0))[1]
-            _HELD[id(layer)] = (me, depth + 1)
+        for name, layer in layers:
+            _check_not_held(layer, name or type(layer).__name__)
+        for _, layer in layers:
+            _, depth, outer = _HELD.get(id(layer), (me, 0, block))
+            _HELD[id(layer)] = (me, depth + 1, outer)
     try:
         yield
     finally:
         with _LOCK:
-            for layer in layers:
-                depth = _HELD[id(layer)][1]
+            for _, layer in layers:
+                _, depth, outer = _HELD[id(layer)]
                 if depth == 1:
                     del _HELD[id(layer)]
                 else:
-                    _HELD[id(layer)] = (me, depth - 1)
+                    _HELD[id(layer)] = (me, depth - 1, outer)
 
 
 def check_manageable(layer: nn.Module, policy: Policy, name: str) -> None:
@@ -152,11 +153,11 @@ def manage_all(targets: Sequence[tuple[str, nn.Module, Policy]]) -> None:
         manage(layer, policy, name)
 
 
-def release(layers: Sequence[nn.Module]) -> None:
+def release(layers: Sequence[tuple[str, nn.Module]]) -> None:
     """Put managed layers back as they were before bnkit (others are left alone)."""
-    for layer in layers:
-        _check_not_held(layer, type(layer).__name__)
-    for layer in layers:
+    for name, layer in layers:
+        _check_not_held(layer, name or type(layer).__name__)
+    for _, layer in layers:
         state = state_of(layer)
         if state is not None:
             restore(layer, state.original)

@@ -134,7 +134,7 @@ def accumulate(
         if getattr(layer, "running_mean", None) is None:
             raise LayerError(f"layer {name!r} has no running statistics to hold updates of")
     acc = Accumulation(layers)
-    with hold([layer for _, layer in layers]), contextlib.ExitStack() as undo:
+    with hold(layers, "accumulate"), contextlib.ExitStack() as undo:
         for layer, snap in [(layer, capture(layer)) for _, layer in layers]:
             undo.callback(restore, layer, snap)
         manage_all([(n, m, policy_of(m)) for n, m in layers if state_of(m) is None])

@@ -64,7 +64,7 @@ def mask(model: M, valid: Tensor, where: Where = None) -> Iterator[M]:
         )
         raise InputError(f"mask needs an (N, L) bool tensor, True where valid (got {got})")
     layers = targets(model, where)
-    with hold([layer for _, layer in layers]), contextlib.ExitStack() as undo:
+    with hold(layers, "mask"), contextlib.ExitStack() as undo:
         for layer, snap in [(layer, capture(layer)) for _, layer in layers]:
             undo.callback(restore, layer, snap)
         manage_all([(n, m, policy_of(m)) for n, m in layers if state_of(m) is None])
