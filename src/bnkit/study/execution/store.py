@@ -103,8 +103,12 @@ class CellStore:
     def read(self, name: str, key: str, identity: dict[str, Any]) -> dict[str, Any] | None:
         """The stored row of that cell as last loaded or written here, or None (missing, or
         computed under another identity)."""
+        return self.row(name, key, digest(identity))
+
+    def row(self, name: str, key: str, identity_digest: str) -> dict[str, Any] | None:
+        """As :meth:`read`, given the digest of the identity."""
         entry = self._entries.get((name, key))
-        if entry is None or entry["digest"] != digest(identity) or not _valid(entry["row"]):
+        if entry is None or entry["digest"] != identity_digest or not _valid(entry["row"]):
             return None
         row: dict[str, Any] = entry["row"]
         return row

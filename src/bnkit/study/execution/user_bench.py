@@ -227,6 +227,11 @@ class UserBench(Bench):
             )
         return self._models[key]
 
+    def source_path(self, dataset: str, norm: str, seed: int) -> Path | None:
+        if self.user.checkpoint is not None:
+            return None  # the checkpoint is the source model: nothing to train
+        return super().source_path(dataset, norm, seed)
+
     def source_models(self) -> list[tuple[str, str]]:
         return [("user", n) for n in self.norms]
 
