@@ -136,7 +136,9 @@ def execute(
     run_id = run_identity(dev, bench.image_size)
     jobs, fingerprint = _jobs(bench, run_id)
     position = {job[0]: i for i, job in enumerate(jobs)}
-    mine = [job for task in select(group(jobs), shard) for job in task]
+    mine = sorted(
+        (j for task in select(group(jobs), shard) for j in task), key=lambda j: position[j[0]]
+    )
     store = CellStore(out / "cells")
     cleaned = store.clean()
     facts = store.load()
