@@ -99,7 +99,7 @@ def test_collect_refuses_a_missing_repeated_or_unfinished_part(
         collect([parts[0]], out=tmp_path / "m")
     with pytest.raises(StudyError, match="part 0/2 is named twice"):
         collect([parts[0], parts[0], parts[1]], out=tmp_path / "m")
-    with pytest.raises(StudyError, match="holds no part.json"):
+    with pytest.raises(StudyError, match=r"holds no part\.json"):
         collect([parts[0], tmp_path], out=tmp_path / "m")
     half = _copy(parts[1], tmp_path / "half")
     shutil.rmtree(half / "cells")

@@ -71,8 +71,9 @@ def ray_session(
     folder.mkdir(parents=True, exist_ok=True)
     link = Path(tempfile.mkdtemp(prefix="bnkit-ray-")) / "r"
     link.symlink_to(folder.resolve(), target_is_directory=True)
-    token = {} if _has_auth() else {"RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    os.environ.update(token)  # a token for this instance only, kept out of the home folder
+    saved = {name: os.environ.get(name) for name in _AUTH}
+    if not any(saved.values()):  # the user chose nothing: a token, kept out of the home folder
+        os.environ["RAY_AUTH_TOKEN"] = _token()
     try:
         ray.init(
             num_cpus=cpus,
@@ -86,16 +87,24 @@ def ray_session(
         finally:
             ray.shutdown()
     finally:
-        for name in token:
-            os.environ.pop(name, None)
+        for name, value in saved.items():  # Ray sets RAY_AUTH_MODE itself: undo that too
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         link.unlink()
         link.parent.rmdir()
 
 
-def _has_auth() -> bool:
-    return any(
-        os.environ.get(v) for v in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
-    )
+_AUTH = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+_TOKENS: list[str] = []
+
+
+def _token() -> str:
+    """One random token per process (Ray's driver keeps the first token it reads)."""
+    if not _TOKENS:
+        _TOKENS.append(secrets.token_hex(16))
+    return _TOKENS[0]
 
 
 def _save(path: Path, payload: bytes) -> None:
@@ -121,6 +130,8 @@ def run_on_ray(
     """Pretrain ``models`` and compute ``tasks`` (jobs and the models they use) on Ray,
     writing every row into ``store`` as its task returns."""
     ray = import_ray()
+    if not tasks and all(p is None or p.exists() for p in paths.values()):
+        return  # nothing to compute: no cluster to start
     folder = store.folder.parent / "ray"
     with ray_session(ray, address, folder, cpus, None if gpu else 0):
         options = {"num_cpus": threads, "num_gpus": 1 if gpu else 0, "max_retries": MAX_RETRIES}
