@@ -21,8 +21,8 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from bnkit.diagnostics._probe import run_probe
+
 from bnkit.diagnostics._rules_input import DOMAIN_MIN_SAMPLES, DOMAIN_THRESHOLD, jeffreys
 
 SHIFTS = [
