@@ -61,3 +61,23 @@ def test_one_worker_runs_in_this_process_on_its_device() -> None:
     with LocalExecutor(["gpu-a"], threads=1) as pool:
         assert list(pool.imap(_where, [0])) == [(os.getpid(), "gpu-a")]
     assert devices.worker_device() is None  # restored
+
+
+def _cuda_where(_: int) -> tuple[int, str]:
+    import torch
+
+    time.sleep(0.05)
+    return os.getpid(), f"cuda:{torch.cuda.current_device()}"
+
+
+@pytest.mark.gpu
+def test_each_gpu_gets_one_worker_on_a_real_machine() -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 or more GPUs")
+    n = torch.cuda.device_count()
+    names = devices.assign("cuda", n, devices.default_workers("cuda", n, 1))
+    with LocalExecutor(names, threads=1) as pool:
+        got = dict(pool.imap(_cuda_where, range(8 * n)))
+    assert sorted(got.values()) == sorted(names)

@@ -1,0 +1,183 @@
+"""The study at scale: Ray's overhead per cell, memory as the user's data grows, ResNet-50 costs.
+
+    python benchmarks/bench_study_scale.py overhead [--workers 2]
+    python benchmarks/bench_study_scale.py memory [--sizes 100,1000,10000] [--side 64]
+    python benchmarks/bench_study_scale.py flops [--threads 2]
+
+``overhead``: the quick grid (``bnkit study --quick``) on the local pool and on a local Ray
+instance with the same number of CPUs, from a shared, already filled source-model cache (so
+both only compute cells); the rows must be equal; the difference of wall times per cell is
+Ray's overhead, with the start and stop of a local Ray instance measured on its own.
+``memory``: a user study on generated image folders (RGB, ``side``×``side``), one fresh
+process per size; peak RSS of that process (it reads the images itself: ``loader_workers``
+0), against the bytes the decoded images would take in memory. ``flops``: forward FLOPs of a
+torchvision-style ResNet-50 at 224 (torch's FLOP counter) and its images/s on this CPU, the
+inputs of the cost on paper in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _numbers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s")} for r in rows]
+
+
+def overhead(workers: int) -> None:
+    from bnkit.study import StudyConfig, run
+    from bnkit.study.execution.ray_executor import import_ray, ray_session
+
+    torch.set_num_threads(1)
+    config = StudyConfig.quick()
+    with tempfile.TemporaryDirectory(prefix="bnkit-bench-") as tmp:
+        root, cache = Path(tmp), Path(tmp) / "cache"
+        t = time.perf_counter()
+        warm = run(config, out=root / "warm", workers=workers, cache=cache, progress=False)
+        print(f"warm-up (pool, trains the source models): {time.perf_counter() - t:.1f} s")
+        walls: dict[str, list[float]] = {"local": [], "ray": []}
+        rows = {}
+        for rep in range(2):
+            for executor in ("local", "ray") if rep == 0 else ("ray", "local"):
+                out = root / f"{executor}{rep}"
+                got = run(config, out=out, workers=workers, cache=cache, executor=executor,
+                          progress=False)  # fmt: skip
+                walls[executor].append(got.meta["wall_s"])
+                rows[executor] = _numbers(got.rows)
+        ray = import_ray()
+        t = time.perf_counter()
+        with ray_session(ray, None, root / "empty" / "ray", workers, 0):
+            ray.get(ray.remote(lambda: 1).remote())
+        start_stop = time.perf_counter() - t
+    cells = len(warm.rows)
+    assert rows["local"] == rows["ray"] == _numbers(warm.rows), "Ray's rows differ"
+    pool, on_ray = min(walls["local"]), min(walls["ray"])
+    print(f"quick grid: {cells} cells, {workers} CPUs, rows equal on both executors")
+    print(f"local pool: {walls['local']} s (best {pool:.1f}, {1000 * pool / cells:.1f} ms/cell)")
+    print(f"ray:        {walls['ray']} s (best {on_ray:.1f}, {1000 * on_ray / cells:.1f} ms/cell)")
+    print(f"a local Ray instance: start, one task, stop: {start_stop:.1f} s")
+    per = (on_ray - pool) / cells
+    rest = (on_ray - start_stop - pool) / cells
+    print(f"Ray overhead per cell: {1000 * per:.1f} ms ({1000 * rest:.1f} ms without start/stop)")
+
+
+CHILD = """
+import json, resource, sys, torch
+torch.set_num_threads(1)
+from bnkit.study import StudyConfig, UserSpec, run
+config = StudyConfig().replace_from(json.loads(sys.argv[3]))
+got = run(config, out=sys.argv[2], workers=1, user=UserSpec(None, sys.argv[1]), progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kib": peak, "cells": len(got.rows), "wall_s": got.meta["wall_s"]}))
+"""
+
+MEMORY_CONFIG = {
+    "seeds": 1,
+    "width": 8,
+    "groupnorm": False,
+    "pretrain": {"max_steps": 20, "eval_every": 10, "warmup_steps": 2, "eval_batch_size": 64},
+    "test_time": {"strategies": ["source", "adabn", "test_batch"], "adabn_n": ["all"],
+                  "batch_sizes": [64], "streams": ["iid"], "eval_batch_size": 64},
+    "finetune": {"strategies": []},
+    "data": {"loader_workers": 0},
+}  # fmt: skip
+
+
+def make_folder(root: Path, n: int, side: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    per = n // 4  # source and target, two classes each
+    for domain in ("source", "target"):
+        for label in ("a", "b"):
+            folder = root / domain / label
+            folder.mkdir(parents=True)
+            for i in range(per):
+                base = 80 + 80 * (label == "b") + 30 * (domain == "target")
+                pixels = np.clip(rng.normal(base, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, mode="RGB").save(folder / f"{i}.png")
+
+
+def memory(sizes: list[int], side: int) -> None:
+    print(f"user study, {side}x{side} RGB images, loader_workers 0, 1 worker:")
+    print("| images | decoded in memory would be | peak RSS | cells | wall |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="bnkit-bench-") as tmp:
+            make_folder(Path(tmp) / "data", n, side)
+            args = [str(Path(tmp) / "data"), str(Path(tmp) / "out"), json.dumps(MEMORY_CONFIG)]
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True
+            )
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+        decoded = n * 3 * side * side * 4 / 2**20
+        print(f"| {n} | {decoded:.0f} MiB | {got['peak_kib'] / 1024:.0f} MiB | {got['cells']} "
+              f"| {got['wall_s']:.0f} s |")  # fmt: skip
+
+
+def flops(threads: int) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.torchvision_shim import install
+
+    install()
+    import torchvision
+
+    torch.set_num_threads(threads)
+    model = torchvision.models.resnet50(num_classes=1000).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    per_image = counter.get_total_flops()
+    print(f"ResNet-50 at 224: {per_image / 1e9:.2f} GFLOPs per image, forward")
+    for batch in (1, 16):
+        xb = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            model(xb)
+            t = time.perf_counter()
+            for _ in range(3):
+                model(xb)
+            fwd = (time.perf_counter() - t) / 3
+        model.train()
+        t = time.perf_counter()
+        for _ in range(2):
+            model(xb).sum().backward()
+        step = (time.perf_counter() - t) / 2
+        model.eval()
+        print(f"CPU, {threads} threads, batch {batch}: forward {batch / fwd:.1f} images/s "
+              f"({per_image * batch / fwd / 1e9:.0f} GFLOP/s); forward+backward "
+              f"{batch / step:.1f} images/s")  # fmt: skip
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("overhead").add_argument("--workers", type=int, default=2)
+    m = sub.add_parser("memory")
+    m.add_argument("--sizes", default="100,1000,10000")
+    m.add_argument("--side", type=int, default=64)
+    sub.add_parser("flops").add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.what == "overhead":
+        overhead(args.workers)
+    elif args.what == "memory":
+        memory([int(s) for s in args.sizes.split(",")], args.side)
+    else:
+        flops(args.threads)
+
+
+if __name__ == "__main__":
+    main()
