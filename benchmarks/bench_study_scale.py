@@ -3,6 +3,7 @@
     python benchmarks/bench_study_scale.py overhead [--workers 2]
     python benchmarks/bench_study_scale.py memory [--sizes 100,1000,10000] [--side 64]
     python benchmarks/bench_study_scale.py flops [--threads 2]
+    python benchmarks/bench_study_scale.py workload [--target 2000] [--classes 10]
 
 ``overhead``: the quick grid (``bnkit study --quick``) on the local pool and on a local Ray
 instance with the same number of CPUs, from a shared, already filled source-model cache (so
@@ -12,7 +13,8 @@ Ray's overhead, with the start and stop of a local Ray instance measured on its 
 process per size; peak RSS of that process (it reads the images itself: ``loader_workers``
 0), against the bytes the decoded images would take in memory. ``flops``: forward FLOPs of a
 torchvision-style ResNet-50 at 224 (torch's FLOP counter) and its images/s on this CPU, the
-inputs of the cost on paper in ``benchmarks/README.md``.
+inputs of the cost on paper in ``benchmarks/README.md``; ``workload``: images through the
+network per cell of the default grid on a user's data set (counted from the grid itself).
 """
 
 from __future__ import annotations
@@ -162,6 +164,48 @@ def flops(threads: int) -> None:
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
+def workload(target: int, classes: int) -> None:
+    """Images through the network per cell (a backward pass counted as two forwards) of the
+    default grid on a user's data with ``target`` target images of ``classes`` classes."""
+    from collections import Counter
+
+    from bnkit.study import StudyConfig, UserSpec
+    from bnkit.study.execution.bench import BenchSpec
+    from bnkit.study.execution.benches import make_bench
+    from bnkit.study.execution.grid import grid
+
+    config = StudyConfig.default()
+    tt, ft, pt = config.test_time, config.finetune, config.pretrain
+    test, pool, val = 0.4 * target, 0.4 * target, 0.2 * target
+    with tempfile.TemporaryDirectory(prefix="bnkit-bench-") as tmp:
+        make_folder(Path(tmp) / "data", 4 * 40, 8)  # only the grid's shape is used
+        spec = BenchSpec(config, tmp, "cpu", UserSpec(None, str(Path(tmp) / "data")), "w")
+        cells = grid(make_bench(spec))
+
+    def images(c: Any) -> float:
+        if c.protocol == "finetune":
+            steps = 3 * ft.steps * min(c.batch_size, c.k * classes)
+            extra = pool if c.strategy == "adabn_finetune" else 0
+            return steps + ft.curve_points * val + test + extra
+        if c.strategy in ("tent_long", "tent_reset"):
+            return 3 * tt.stress_images
+        if c.strategy == "tent":
+            return 3 * test
+        return test + (min(c.n or pool, pool) if c.strategy == "adabn" else 0)
+
+    per = [images(c) for c in cells]
+    kinds = Counter(f"{c.protocol}:{c.strategy}" for c in cells)
+    pretrain = config.seeds * (
+        3 * pt.max_steps * pt.batch_size + pt.max_steps / pt.eval_every * val
+    )
+    print(f"default grid on a user's data: {len(cells)} cells ({dict(kinds)})")
+    print(f"target {target} images, {classes} classes: {sum(per) / len(per):.0f} image-passes "
+          f"per cell on average (min {min(per):.0f}, max {max(per):.0f}); pretraining without a "
+          f"checkpoint at most {pretrain:.0f} per grid")  # fmt: skip
+    small = sum(1 for c in cells if c.protocol == "test_time" and 0 < c.batch_size <= 4)
+    print(f"cells at a test batch of 4 or less: {small} of {len(cells)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -170,11 +214,16 @@ def main() -> None:
     m.add_argument("--sizes", default="100,1000,10000")
     m.add_argument("--side", type=int, default=64)
     sub.add_parser("flops").add_argument("--threads", type=int, default=2)
+    w = sub.add_parser("workload")
+    w.add_argument("--target", type=int, default=2000)
+    w.add_argument("--classes", type=int, default=10)
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.workers)
     elif args.what == "memory":
         memory([int(s) for s in args.sizes.split(",")], args.side)
+    elif args.what == "workload":
+        workload(args.target, args.classes)
     else:
         flops(args.threads)
 

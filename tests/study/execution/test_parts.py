@@ -19,11 +19,35 @@ def numbers(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("wall_s", "images_per_s")}
 
 
+MICRO = {
+    "seeds": 2, "image_size": 8, "width": 4, "shifts": ["contrast"], "severities": [5],
+    "pretrain": {"max_steps": 20, "eval_every": 10, "warmup_steps": 2},
+    "test_time": {"strategies": ["source", "adabn", "test_batch", "tent"], "adabn_n": [16, "all"],
+                  "batch_sizes": [4, 64], "streams": ["iid", "sorted"]},
+    "finetune": {"strategies": ["pytorch", "frozen_stats"], "shifts": ["contrast"], "shots": [5],
+                 "batch_sizes": [4], "steps": 3, "warmup_steps": 1, "lrs": [1e-2],
+                 "curve_points": 2},
+    "bn_only": {"steps": 5},
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def parts(tiny_toml: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """The tiny grid run as two shards, sharing one source-model cache."""
+def micro(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, Path]:
     root = tmp_path_factory.mktemp("parts")
-    config = StudyConfig.from_toml(tiny_toml)
+    return StudyConfig().replace_from(MICRO), root
+
+
+@pytest.fixture(scope="module")
+def full(micro: tuple[StudyConfig, Path]) -> Results:
+    """A small grid run whole (sharing the parts' source-model cache)."""
+    config, root = micro
+    return run(config, out=root / "full", workers=1, cache=root / "cache", progress=False)
+
+
+@pytest.fixture(scope="module")
+def parts(micro: tuple[StudyConfig, Path], full: Results) -> list[Path]:
+    """The same grid run as two shards."""
+    config, root = micro
     out = []
     for i in range(2):
         folder = root / f"part{i}"
@@ -43,9 +67,8 @@ def test_shard_arguments_are_checked() -> None:
 
 
 def test_two_shards_collected_equal_one_full_run(
-    parts: list[Path], tiny_run: tuple[Results, Path], tmp_path: Path
+    parts: list[Path], full: Results, tmp_path: Path
 ) -> None:
-    full, _ = tiny_run
     halves = [Results.load(p) for p in parts]
     assert [h.meta["shard"] for h in halves] == [[0, 2], [1, 2]] and not halves[0].checks
     assert sum(len(h.rows) for h in halves) == len(full.rows)

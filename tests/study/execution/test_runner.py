@@ -111,12 +111,14 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
-def test_importing_bnkit_does_not_import_the_study() -> None:
+def test_importing_bnkit_does_not_import_the_study_nor_the_study_ray() -> None:
     # (tqdm is left out: torch itself imports it)
     code = (
         "import sys, bnkit; "
-        "bad = [m for m in ('bnkit.study', 'sklearn', 'scipy', 'matplotlib', 'PIL') "
-        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "bad = [m for m in ('bnkit.study', 'sklearn', 'scipy', 'matplotlib', 'PIL', 'ray') "
+        "if m in sys.modules]; "
+        "import bnkit.study, bnkit.cli; bad += ['ray'] if 'ray' in sys.modules else []; "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
