@@ -3,7 +3,7 @@
     python benchmarks/bench_study_scale.py overhead [--workers 2]
     python benchmarks/bench_study_scale.py memory [--sizes 100,1000,10000] [--side 64]
     python benchmarks/bench_study_scale.py flops [--threads 2]
-    python benchmarks/bench_study_scale.py workload [--target 2000] [--classes 10]
+    python benchmarks/bench_study_scale.py workload [--target 2000] [--classes 10] [--tflops 60]
 
 ``overhead``: the quick grid (``bnkit study --quick``) on the local pool and on a local Ray
 instance with the same number of CPUs, from a shared, already filled source-model cache (so
@@ -49,13 +49,15 @@ def overhead(workers: int) -> None:
         warm = run(config, out=root / "warm", workers=workers, cache=cache, progress=False)
         print(f"warm-up (pool, trains the source models): {time.perf_counter() - t:.1f} s")
         walls: dict[str, list[float]] = {"local": [], "ray": []}
+        cpus: dict[str, list[float]] = {"local": [], "ray": []}
         rows = {}
-        for rep in range(2):
-            for executor in ("local", "ray") if rep == 0 else ("ray", "local"):
+        for rep in range(3):
+            for executor in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):
                 out = root / f"{executor}{rep}"
                 got = run(config, out=out, workers=workers, cache=cache, executor=executor,
                           progress=False)  # fmt: skip
                 walls[executor].append(got.meta["wall_s"])
+                cpus[executor].append(got.meta["cpu_s"])  # with every (reaped) child process
                 rows[executor] = _numbers(got.rows)
         ray = import_ray()
         t = time.perf_counter()
@@ -68,6 +70,9 @@ def overhead(workers: int) -> None:
     print(f"quick grid: {cells} cells, {workers} CPUs, rows equal on both executors")
     print(f"local pool: {walls['local']} s (best {pool:.1f}, {1000 * pool / cells:.1f} ms/cell)")
     print(f"ray:        {walls['ray']} s (best {on_ray:.1f}, {1000 * on_ray / cells:.1f} ms/cell)")
+    print(f"CPU s (all processes): local {cpus['local']}, ray {cpus['ray']}")
+    cpu_per = (min(cpus["ray"]) - min(cpus["local"])) / cells
+    print(f"Ray's extra CPU per cell: {1000 * cpu_per:.1f} ms")
     print(f"a local Ray instance: start, one task, stop: {start_stop:.1f} s")
     per = (on_ray - pool) / cells
     rest = (on_ray - start_stop - pool) / cells
@@ -164,9 +169,14 @@ def flops(threads: int) -> None:
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
-def workload(target: int, classes: int) -> None:
-    """Images through the network per cell (a backward pass counted as two forwards) of the
-    default grid on a user's data with ``target`` target images of ``classes`` classes."""
+def workload(target: int, classes: int, tflops: float, batch_ms: float, step_ms: float) -> None:
+    """Work per cell of the default grid on a user's data (``target`` target images of
+    ``classes`` classes) and its GPU time for a ResNet-50 at 224 under a stated cost model.
+
+    A cell takes max(its FLOPs at ``tflops`` sustained, its forward batches × ``batch_ms`` +
+    its training steps × ``step_ms``): small batches are bound by kernel launches, not FLOPs.
+    """
+    import math
     from collections import Counter
 
     from bnkit.study import StudyConfig, UserSpec
@@ -175,35 +185,53 @@ def workload(target: int, classes: int) -> None:
     from bnkit.study.execution.grid import grid
 
     config = StudyConfig.default()
-    tt, ft, pt = config.test_time, config.finetune, config.pretrain
+    tt, ft = config.test_time, config.finetune
     test, pool, val = 0.4 * target, 0.4 * target, 0.2 * target
     with tempfile.TemporaryDirectory(prefix="bnkit-bench-") as tmp:
         make_folder(Path(tmp) / "data", 4 * 40, 8)  # only the grid's shape is used
         spec = BenchSpec(config, tmp, "cpu", UserSpec(None, str(Path(tmp) / "data")), "w")
         cells = grid(make_bench(spec))
 
-    def images(c: Any) -> float:
-        if c.protocol == "finetune":
-            steps = 3 * ft.steps * min(c.batch_size, c.k * classes)
-            extra = pool if c.strategy == "adabn_finetune" else 0
-            return steps + ft.curve_points * val + test + extra
-        if c.strategy in ("tent_long", "tent_reset"):
-            return 3 * tt.stress_images
-        if c.strategy == "tent":
-            return 3 * test
-        return test + (min(c.n or pool, pool) if c.strategy == "adabn" else 0)
+    def batches(n: float, size: int) -> int:
+        return math.ceil(n / size)
 
-    per = [images(c) for c in cells]
-    kinds = Counter(f"{c.protocol}:{c.strategy}" for c in cells)
-    pretrain = config.seeds * (
-        3 * pt.max_steps * pt.batch_size + pt.max_steps / pt.eval_every * val
+    def cost(c: Any) -> tuple[float, int, int]:
+        """(image passes, a backward counted as two; forward batches; training steps)"""
+        if c.protocol == "finetune":
+            evals = ft.curve_points * val + test + (pool if c.strategy == "adabn_finetune" else 0)
+            fwd = ft.curve_points * batches(val, ft.eval_batch_size) + batches(test, 512)
+            return 3 * ft.steps * min(c.batch_size, c.k * classes) + evals, fwd, ft.steps
+        if c.strategy in ("tent_long", "tent_reset"):
+            return 3 * tt.stress_images, 0, batches(tt.stress_images, c.batch_size)
+        if c.strategy == "tent":
+            return 3 * test, 0, batches(test, c.batch_size)
+        if c.strategy in ("source", "adabn"):
+            stats = min(c.n or pool, pool) if c.strategy == "adabn" else 0
+            fwd = batches(test, tt.eval_batch_size) + batches(stats, tt.stats_batch_size)
+            return test + stats, fwd, 0
+        return test, batches(test, c.batch_size), 0
+
+    per = [cost(c) for c in cells]
+    flops = 8.18e9  # ResNet-50 at 224, forward, measured by `flops`
+    seconds = [
+        max(p * flops / (tflops * 1e12), (f * batch_ms + s * step_ms) / 1e3) for p, f, s in per
+    ]
+    kinds = Counter(c.protocol for c in cells)
+    mean_s = sum(seconds) / len(seconds)
+    passes = sum(p for p, _, _ in per) / len(per)
+    print(
+        f"default grid on a user's data: {len(cells)} cells per {config.seeds} seeds {dict(kinds)}"
     )
-    print(f"default grid on a user's data: {len(cells)} cells ({dict(kinds)})")
-    print(f"target {target} images, {classes} classes: {sum(per) / len(per):.0f} image-passes "
-          f"per cell on average (min {min(per):.0f}, max {max(per):.0f}); pretraining without a "
-          f"checkpoint at most {pretrain:.0f} per grid")  # fmt: skip
-    small = sum(1 for c in cells if c.protocol == "test_time" and 0 < c.batch_size <= 4)
-    print(f"cells at a test batch of 4 or less: {small} of {len(cells)}")
+    print(f"target {target} images, {classes} classes: {passes:.0f} image passes per cell "
+          f"({passes * flops / 1e12:.1f} TFLOP); modelled GPU time {mean_s:.2f} s per cell "
+          f"({tflops:g} TFLOP/s, {batch_ms:g} ms a batch, {step_ms:g} ms a step)")  # fmt: skip
+    bound = sum(
+        1 for (p, f, s), t in zip(per, seconds, strict=True) if t > p * flops / (tflops * 1e12)
+    )
+    print(f"cells bound by launches rather than FLOPs: {bound} of {len(cells)}")
+    for gpus in (1, 8, 64):
+        hours = 1e5 * mean_s / gpus / 3600
+        print(f"10^5 such cells on {gpus} GPU(s): {hours:.1f} h")
 
 
 def main() -> None:
@@ -217,13 +245,16 @@ def main() -> None:
     w = sub.add_parser("workload")
     w.add_argument("--target", type=int, default=2000)
     w.add_argument("--classes", type=int, default=10)
+    w.add_argument("--tflops", type=float, default=60.0)
+    w.add_argument("--batch-ms", type=float, default=4.0)
+    w.add_argument("--step-ms", type=float, default=12.0)
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.workers)
     elif args.what == "memory":
         memory([int(s) for s in args.sizes.split(",")], args.side)
     elif args.what == "workload":
-        workload(args.target, args.classes)
+        workload(args.target, args.classes, args.tflops, args.batch_ms, args.step_ms)
     else:
         flops(args.threads)
 

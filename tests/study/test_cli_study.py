@@ -148,6 +148,7 @@ def test_killed_at_any_moment_and_started_again(tiny_toml: Path, tmp_path: Path)
         (["study", "--workers", "0"], "workers must be at least 1"),
         (["study", "--shard", "2/2"], "--shard must be I/N with 0 <= I < N"),
         (["study", "--address", "auto"], "use it with --executor ray"),
+        (["study", "--executor", "ray", "--device", "cuda:1"], "use --device cuda"),
         (["study", "collect", "no-such-folder"], "holds no part.json"),
     ],
 )

@@ -1,8 +1,9 @@
 """The Ray executor: the same tasks as the local pool, as Ray tasks on one machine or many.
 
 * **Pretraining** is one task per source model the remaining cells need (a model already in
-  the driver's cache is put into Ray's object store instead). It returns the cache file's
-  bytes; the driver writes them into its cache, so a resumed study does not train again.
+  the driver's cache is put into Ray's object store instead, and a user's checkpoint is read
+  by each worker). It returns the cache file's bytes; the driver writes them into its cache,
+  so a resumed study does not train again. The driver builds no model and needs no GPU.
 * **Cells** run in tasks of cells that load the same data (:func:`~bnkit.study.execution.
   tasks.group`); each task takes the object reference of its source model as an argument, so
   Ray starts it only once that model exists, and no two workers ever train the same model.
@@ -36,7 +37,14 @@ from bnkit.errors import MissingDependencyError
 from bnkit.study.atomic import atomic_file
 from bnkit.study.execution.bench import BenchSpec
 from bnkit.study.execution.store import CellStore
-from bnkit.study.execution.tasks import Job, ModelKey, compute_rows, pretrain_payload
+from bnkit.study.execution.tasks import (
+    Job,
+    ModelKey,
+    cached_info,
+    compute_rows,
+    pretrain,
+    pretrain_payload,
+)
 
 __all__ = ["MAX_RETRIES", "import_ray", "ray_session", "run_on_ray"]
 
@@ -127,41 +135,56 @@ def run_on_ray(
     on_model: Callable[[dict[str, Any]], None],
     on_cells: Callable[[int], None],
 ) -> None:
-    """Pretrain ``models`` and compute ``tasks`` (jobs and the models they use) on Ray,
-    writing every row into ``store`` as its task returns."""
+    """Get the source ``models`` ready and compute ``tasks`` (jobs and the models they take)
+    on Ray, writing every row into ``store`` as its task returns.
+
+    ``paths`` names each model's cache file (None: the model is the user's checkpoint, which
+    every worker loads itself). Facts about a model come from its cache file when the driver
+    has it, else from the task that trains it (or reads the checkpoint), so the driver never
+    builds a model: it needs no GPU, even for ``gpu`` tasks.
+    """
     ray = import_ray()
-    if not tasks and all(p is None or p.exists() for p in paths.values()):
+    for model in models:
+        path = paths.get(model)
+        if path is not None and path.exists():
+            on_model(cached_info(model, path))
+    fresh = [m for m in models if (p := paths.get(m)) is None or not p.exists()]
+    if not tasks and not fresh:
         return  # nothing to compute: no cluster to start
     folder = store.folder.parent / "ray"
     with ray_session(ray, address, folder, cpus, None if gpu else 0):
         options = {"num_cpus": threads, "num_gpus": 1 if gpu else 0, "max_retries": MAX_RETRIES}
         pre = ray.remote(**options)(_pretrain_task)
+        info = ray.remote(**options)(_info_task)
         cells = ray.remote(**options)(_cells_task)
         refs: dict[ModelKey, Any] = {}
         pending: dict[Any, str] = {}
         for model in models:
             path = paths.get(model)
-            if path is not None and path.exists():
+            if path is None:
+                pending[info.remote(spec, model, threads)] = "info"
+            elif path.exists():
                 refs[model] = ray.put(path.read_bytes())
-                continue
-            info_ref, refs[model] = pre.options(num_returns=2).remote(spec, model, threads)
-            pending[info_ref] = "model"
+            else:
+                info_ref, refs[model] = pre.options(num_returns=2).remote(spec, model, threads)
+                pending[info_ref] = "model"
         for jobs, used in tasks:
             pending[cells.remote(spec, jobs, threads, used, *[refs[m] for m in used])] = "cells"
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             kind = pending.pop(done[0])
             got = ray.get(done[0])
+            if kind == "cells":
+                for name, key, identity, row in got:
+                    store.write(name, key, identity, row)
+                on_cells(len(got))
+                continue
             if kind == "model":
                 model = (got["source"], got["model"], got["seed"])
                 saved = paths.get(model)
                 if saved is not None:
                     _save(saved, ray.get(refs[model]))
-                on_model(got)
-                continue
-            for name, key, identity, row in got:
-                store.write(name, key, identity, row)
-            on_cells(len(got))
+            on_model(got)
 
 
 def _pretrain_task(spec: BenchSpec, model: ModelKey, threads: int) -> tuple[dict[str, Any], bytes]:
@@ -169,6 +192,13 @@ def _pretrain_task(spec: BenchSpec, model: ModelKey, threads: int) -> tuple[dict
 
     torch.set_num_threads(threads)
     return pretrain_payload(spec, model)
+
+
+def _info_task(spec: BenchSpec, model: ModelKey, threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return pretrain((spec, model))
 
 
 def _cells_task(

@@ -44,13 +44,16 @@ __all__ = ["EXECUTORS", "check_out", "execute", "resolve_device"]
 EXECUTORS = ("local", "ray")
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is there, else ``"cpu"``; others are checked."""
+def resolve_device(device: str, here: bool = True) -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is there, else ``"cpu"``; others are checked (a GPU
+    must be on this machine only when the cells run ``here``, not on a Ray cluster)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise StudyError(f"device must be auto, cpu or cuda (got {device!r})")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda:") and not here:
+        raise StudyError("with --executor ray, Ray gives each task its GPU: use --device cuda")
+    if here and device.startswith("cuda") and not torch.cuda.is_available():
         raise StudyError("--device cuda was asked for, but torch sees no CUDA device; use cpu")
     return device
 
@@ -121,9 +124,14 @@ def execute(
         raise StudyError(f"executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
     if address is not None and executor != "ray":
         raise StudyError("--address names a Ray cluster; use it with --executor ray")
-    dev = resolve_device(device)
-    gpus = torch.cuda.device_count() if dev.startswith("cuda") else 0
-    nworkers = workers if workers is not None else default_workers(dev, gpus, usable_cores())
+    dev = resolve_device(device, here=executor == "local")
+    gpus = torch.cuda.device_count() if dev.startswith("cuda") and executor == "local" else 0
+    if workers is not None:
+        nworkers = workers
+    elif executor == "local":
+        nworkers = default_workers(dev, gpus, usable_cores())
+    else:  # the CPUs of a local Ray instance
+        nworkers = usable_cores()
     if nworkers < 1:
         raise StudyError(f"workers must be at least 1 (got {nworkers})")
     if threads is not None and threads < 1:
@@ -215,11 +223,10 @@ def _on_ray(
 ) -> list[dict[str, Any]]:
     """Run the study's tasks on Ray; facts about the source models."""
     paths = {m: bench.source_path(*m) for m in models}
-    cached = [m for m in models if (p := paths[m]) is None or p.exists()]
-    trained = [pretrain((spec, m)) for m in cached]
     used = [(t, sorted({m for j in t if (m := model_of(spec, j[0])) is not None})) for t in tasks]
+    trained: list[dict[str, Any]] = []
     with (
-        _bar(len(models) - len(cached), "source models", progress) as mbar,
+        _bar(len(models), "source models", progress) as mbar,
         _bar(sum(len(t) for t in tasks), "cells", progress, "cell") as cbar,
     ):
 
@@ -229,7 +236,7 @@ def _on_ray(
 
         run_on_ray(
             spec,
-            [m for m in models if paths[m] is not None],
+            models,
             [(t, [m for m in u if paths[m] is not None]) for t, u in used],
             store=store,
             paths=paths,

@@ -22,6 +22,7 @@ from bnkit.study.execution.store import CellStore
 __all__ = [
     "Job",
     "ModelKey",
+    "cached_info",
     "compute_rows",
     "group",
     "model_of",
@@ -65,6 +66,24 @@ def _info(spec: BenchSpec, model: ModelKey) -> dict[str, Any]:
         "path": str(got.path),
         "steps": got.steps,
         "converged": got.converged,
+    }
+
+
+def cached_info(model: ModelKey, path: Path) -> dict[str, Any]:
+    """Facts about a source model read from its cache file (no model is built)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {
+        "source": model[0],
+        "model": model[1],
+        "seed": model[2],
+        "val_accuracy": float(state["val_accuracy"]),
+        "train_s": 0.0,
+        "cache_hit": True,
+        "path": str(path),
+        "steps": int(state["steps"]),
+        "converged": bool(state["converged"]),
     }
 
 
