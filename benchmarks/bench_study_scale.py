@@ -167,6 +167,23 @@ def flops(threads: int) -> None:
               f"({per_image * batch / fwd / 1e9:.0f} GFLOP/s); forward+backward "
               f"{batch / step:.1f} images/s")  # fmt: skip
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    from PIL import Image
+
+    from bnkit.study.data.files import FileImages
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="bnkit-bench-") as tmp:
+        paths = []
+        for i in range(200):
+            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(Path(tmp) / f"{i}.jpg", quality=90)
+            paths.append(Path(tmp) / f"{i}.jpg")
+        files = FileImages(paths, "RGB", (224, 224), [0.5] * 3, [0.25] * 3)
+        t = time.perf_counter()
+        for i in range(len(files)):
+            files[i]
+        rate = len(files) / (time.perf_counter() - t)
+    print(f"one process decodes, resizes and normalizes {rate:.0f} 256x256 JPEGs/s to 224x224")
 
 
 def workload(target: int, classes: int, tflops: float, batch_ms: float, step_ms: float) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tests.study.execution.userdata import make_tree
 
-from bnkit.study import StudyConfig, UserSpec, run
+from bnkit.study import StudyConfig, UserSpec, render, run
 from bnkit.study.data.files import FileImages
 from bnkit.study.execution.bench import BenchSpec
 from bnkit.study.execution.benches import make_bench
@@ -82,6 +82,8 @@ def test_streamed_folders_give_the_numbers_of_the_same_images_in_memory(
     norm = streamed.meta["normalization"]
     assert norm == memory.meta["normalization"] and len(norm["mean"]) == 1
     assert streamed.config["data"]["mean"] == norm["mean"]  # recorded with the settings
+    report = render(streamed, tmp_path / "a").with_suffix(".md").read_text(encoding="utf-8")
+    assert f"normalized by mean {norm['mean']}" in report
     assert len(list((tmp_path / "a" / "cache").glob("normalization-*.json"))) == 1
 
 
@@ -124,6 +126,8 @@ def test_mixed_precision_channels_last_and_loader_processes(tree: Path, tmp_path
     assert got.meta["feed"] == {"loader_workers": 1, "mixed_precision": True,
                                 "channels_last": True}  # fmt: skip
     assert all(np.isfinite(r["accuracy"]) and 0 <= r["accuracy"] <= 1 for r in got.rows)
+    report = render(got, tmp_path / "o").with_suffix(".md").read_text(encoding="utf-8")
+    assert "Computed with mixed precision and channels last." in report
     plain = run(config.replace_from({"data": {"mixed_precision": False}}), out=tmp_path / "o",
                 workers=1, user=UserSpec(None, str(tree)), progress=False)  # fmt: skip
     assert plain.meta["ran"] == plain.meta["cells"]  # another precision: other cells
