@@ -8,7 +8,8 @@
 ``overhead``: the quick grid (``bnkit study --quick``) on the local pool and on a local Ray
 instance with the same number of CPUs, from a shared, already filled source-model cache (so
 both only compute cells); the rows must be equal; the difference of wall times per cell is
-Ray's overhead, with the start and stop of a local Ray instance measured on its own.
+Ray's overhead (means of three alternated runs each), with the start and stop of a local Ray
+instance measured on its own.
 ``memory``: a user study on generated image folders (RGB, ``side``×``side``), one fresh
 process per size; peak RSS of that process (it reads the images itself: ``loader_workers``
 0), against the bytes the decoded images would take in memory. ``flops``: forward FLOPs of a
@@ -49,7 +50,6 @@ def overhead(workers: int) -> None:
         warm = run(config, out=root / "warm", workers=workers, cache=cache, progress=False)
         print(f"warm-up (pool, trains the source models): {time.perf_counter() - t:.1f} s")
         walls: dict[str, list[float]] = {"local": [], "ray": []}
-        cpus: dict[str, list[float]] = {"local": [], "ray": []}
         rows = {}
         for rep in range(3):
             for executor in ("local", "ray") if rep % 2 == 0 else ("ray", "local"):
@@ -57,7 +57,6 @@ def overhead(workers: int) -> None:
                 got = run(config, out=out, workers=workers, cache=cache, executor=executor,
                           progress=False)  # fmt: skip
                 walls[executor].append(got.meta["wall_s"])
-                cpus[executor].append(got.meta["cpu_s"])  # with every (reaped) child process
                 rows[executor] = _numbers(got.rows)
         ray = import_ray()
         t = time.perf_counter()
@@ -70,12 +69,11 @@ def overhead(workers: int) -> None:
     print(f"quick grid: {cells} cells, {workers} CPUs, rows equal on both executors")
     print(f"local pool: {walls['local']} s (best {pool:.1f}, {1000 * pool / cells:.1f} ms/cell)")
     print(f"ray:        {walls['ray']} s (best {on_ray:.1f}, {1000 * on_ray / cells:.1f} ms/cell)")
-    print(f"CPU s (all processes): local {cpus['local']}, ray {cpus['ray']}")
-    cpu_per = (min(cpus["ray"]) - min(cpus["local"])) / cells
-    print(f"Ray's extra CPU per cell: {1000 * cpu_per:.1f} ms")
     print(f"a local Ray instance: start, one task, stop: {start_stop:.1f} s")
-    per = (on_ray - pool) / cells
-    rest = (on_ray - start_stop - pool) / cells
+    mean = {k: sum(v) / len(v) for k, v in walls.items()}
+    per = (mean["ray"] - mean["local"]) / cells
+    rest = (mean["ray"] - start_stop - mean["local"]) / cells
+    print(f"means: local {mean['local']:.1f} s, ray {mean['ray']:.1f} s")
     print(f"Ray overhead per cell: {1000 * per:.1f} ms ({1000 * rest:.1f} ms without start/stop)")
 
 
@@ -186,12 +184,15 @@ def flops(threads: int) -> None:
     print(f"one process decodes, resizes and normalizes {rate:.0f} 256x256 JPEGs/s to 224x224")
 
 
-def workload(target: int, classes: int, tflops: float, batch_ms: float, step_ms: float) -> None:
+def workload(
+    target: int, classes: int, tflops: float, batch_ms: float, step_ms: float, decode: float
+) -> None:
     """Work per cell of the default grid on a user's data (``target`` target images of
     ``classes`` classes) and its GPU time for a ResNet-50 at 224 under a stated cost model.
 
     A cell takes max(its FLOPs at ``tflops`` sustained, its forward batches × ``batch_ms`` +
-    its training steps × ``step_ms``): small batches are bound by kernel launches, not FLOPs.
+    its training steps × ``step_ms``, the images it reads at ``decode`` images/s): small
+    batches are bound by kernel launches, not FLOPs, and every cell reads its images again.
     """
     import math
     from collections import Counter
@@ -228,10 +229,21 @@ def workload(target: int, classes: int, tflops: float, batch_ms: float, step_ms:
             return test + stats, fwd, 0
         return test, batches(test, c.batch_size), 0
 
+    def reads(c: Any) -> float:
+        """Images decoded from files (the few-shot set is read once and kept)."""
+        if c.protocol == "finetune":
+            extra = pool if c.strategy == "adabn_finetune" else 0
+            return c.k * classes + ft.curve_points * val + test + extra
+        if c.strategy in ("tent_long", "tent_reset"):
+            return tt.stress_images
+        return test + (min(c.n or pool, pool) if c.strategy == "adabn" else 0)
+
     per = [cost(c) for c in cells]
+    read = [reads(c) for c in cells]
     flops = 8.18e9  # ResNet-50 at 224, forward, measured by `flops`
     seconds = [
-        max(p * flops / (tflops * 1e12), (f * batch_ms + s * step_ms) / 1e3) for p, f, s in per
+        max(p * flops / (tflops * 1e12), (f * batch_ms + s * step_ms) / 1e3, r / decode)
+        for (p, f, s), r in zip(per, read, strict=True)
     ]
     kinds = Counter(c.protocol for c in cells)
     mean_s = sum(seconds) / len(seconds)
@@ -242,10 +254,11 @@ def workload(target: int, classes: int, tflops: float, batch_ms: float, step_ms:
     print(f"target {target} images, {classes} classes: {passes:.0f} image passes per cell "
           f"({passes * flops / 1e12:.1f} TFLOP); modelled GPU time {mean_s:.2f} s per cell "
           f"({tflops:g} TFLOP/s, {batch_ms:g} ms a batch, {step_ms:g} ms a step)")  # fmt: skip
+    print(f"images read per cell: {sum(read) / len(read):.0f} on average, at {decode:g}/s")
     bound = sum(
         1 for (p, f, s), t in zip(per, seconds, strict=True) if t > p * flops / (tflops * 1e12)
     )
-    print(f"cells bound by launches rather than FLOPs: {bound} of {len(cells)}")
+    print(f"cells bound by launches or reading, not FLOPs: {bound} of {len(cells)}")
     for gpus in (1, 8, 64):
         hours = 1e5 * mean_s / gpus / 3600
         print(f"10^5 such cells on {gpus} GPU(s): {hours:.1f} h")
@@ -265,13 +278,14 @@ def main() -> None:
     w.add_argument("--tflops", type=float, default=60.0)
     w.add_argument("--batch-ms", type=float, default=4.0)
     w.add_argument("--step-ms", type=float, default=12.0)
+    w.add_argument("--decode", type=float, default=1200.0, help="images read per s per GPU")
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.workers)
     elif args.what == "memory":
         memory([int(s) for s in args.sizes.split(",")], args.side)
     elif args.what == "workload":
-        workload(args.target, args.classes, args.tflops, args.batch_ms, args.step_ms)
+        workload(args.target, args.classes, args.tflops, args.batch_ms, args.step_ms, args.decode)
     else:
         flops(args.threads)
 

@@ -63,6 +63,7 @@ def test_streamed_batches_equal_the_in_memory_ones(tmp_path: Path, workers: int)
     for a, b in zip(gathered(streamed, order), gathered(memory, order), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [len(b) for b in in_batches(streamed[2:], 3)] == [3, 3, 1]
+    torch.testing.assert_close(Feed(torch.device("cpu")).resident(files, 4), memory, rtol=0, atol=0)
     torch.testing.assert_close(head(files, 2), memory[:2], rtol=0, atol=0)
 
 

@@ -64,6 +64,14 @@ class Feed:
             return Streamed(x, self)
         return self.to_device(torch.from_numpy(np.ascontiguousarray(x)))
 
+    def resident(self, x: Any, chunk: int = 256) -> Tensor:
+        """A small set of images (a few-shot training set) as one tensor on the device, read
+        once instead of once per step."""
+        images = self.images(x)
+        if isinstance(images, Tensor):
+            return images
+        return torch.cat(list(in_batches(images, chunk)))
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """``torch.autocast`` in bfloat16 on the device, or nothing."""
         if not self.mixed_precision:

@@ -107,7 +107,7 @@ def _compute(bench: Bench, cell: Cell) -> dict[str, Any]:
         idx = k_shot(pool.y, cell.k, rng_for(cell.seed, "k-shot", cell.k))
         order_seed = zlib.crc32(f"{cell.seed}.{cell.shift}.{cell.k}.{cell.batch_size}".encode())
         ctx = FineTuneContext(
-            x=feed.images(pool.x[idx]),
+            x=feed.resident(pool.x[idx]),  # k labels per class: read once, not every step
             y=torch.from_numpy(pool.y[idx]).to(feed.device),
             pool=feed.images(pool.x),
             val_x=feed.images(val.x),
