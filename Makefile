@@ -10,7 +10,7 @@ export MPLCONFIGDIR := $(CURDIR)/.venv/.mpl
 export KERAS_HOME   := $(CURDIR)/.venv/.keras
 export KERAS_BACKEND := torch
 
-.PHONY: all study demo docs test lint types pytest bench clean
+.PHONY: all study demo docs test test-slow lint types pytest bench bench-study clean
 
 all: test
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "torch==2.13.0"
-	$(PIP) install -c constraints.txt -e ".[cli,study,docs,dev]"
+	$(PIP) install -c constraints.txt -e ".[cli,study,ray,docs,dev]"
 	touch $(STAMP)
 
 study: $(STAMP)
@@ -40,13 +40,21 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
+# `make test`: everything but the tests marked slow; `make test-slow`: those (Ray, docs build,
+# study runs in subprocesses, several processes).
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test: lint types pytest
 
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_forward.py
+
+bench-study: $(STAMP)
+	$(BIN)/python benchmarks/bench_study_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -146,6 +146,10 @@ def test_killed_at_any_moment_and_started_again(tiny_toml: Path, tmp_path: Path)
         (["study", "--seeds", "0"], "seeds must be at least 1"),
         (["study", "--device", "tpu"], "device must be auto, cpu or cuda"),
         (["study", "--workers", "0"], "workers must be at least 1"),
+        (["study", "--shard", "2/2"], "--shard must be I/N with 0 <= I < N"),
+        (["study", "--address", "auto"], "use it with --executor ray"),
+        (["study", "--executor", "ray", "--device", "cuda:1"], "use --device cuda"),
+        (["study", "collect", "no-such-folder"], "holds no part.json"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -229,5 +233,9 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         "--model",
         "--data",
         "--seeds",
+        "--executor",
+        "--address",
+        "--shard",
+        "collect",
     ):
         assert flag in text

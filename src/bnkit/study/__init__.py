@@ -26,10 +26,11 @@ from bnkit.study.deps import require_extra
 
 require_extra()
 
-from bnkit.study.api import run  # noqa: E402
+from bnkit.study.api import collect, run  # noqa: E402
 from bnkit.study.config.settings import (  # noqa: E402
     AdaptConfig,
     BnOnlyConfig,
+    DataConfig,
     FineTuneConfig,
     PretrainConfig,
     StudyConfig,
@@ -42,12 +43,14 @@ from bnkit.study.results.results import Results  # noqa: E402
 __all__ = [
     "AdaptConfig",
     "BnOnlyConfig",
+    "DataConfig",
     "FineTuneConfig",
     "PretrainConfig",
     "Results",
     "StudyConfig",
     "UserSpec",
     "VerdictConfig",
+    "collect",
     "render",
     "run",
 ]

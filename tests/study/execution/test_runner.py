@@ -20,6 +20,11 @@ def key(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row[f] for f in ROW_FIELDS[: ROW_FIELDS.index("accuracy")])
 
 
+def numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its timings (the only fields that differ between two computations)."""
+    return {k: v for k, v in row.items() if k not in ("wall_s", "images_per_s")}
+
+
 def test_the_tiny_study_has_one_row_per_cell(tiny_run: tuple[Results, Path]) -> None:
     results, out = tiny_run
     m = results.meta
@@ -57,13 +62,31 @@ def test_a_rerun_skips_finished_cells_and_reruns_a_missing_one(
     victim = sorted((out / "cells").glob("finetune.bn.pytorch.*.json"))[0]
     assert victim.name.count("~") == 1
     before = json.loads(victim.read_text())["row"]
-    victim.unlink()
-    third = run(config, out=out, workers=1, progress=False)
+    victim.unlink()  # the file alone: the index still holds the row
+    assert run(config, out=out, workers=1, progress=False).meta["ran"] == 0
+    index = out / "cells" / "index.jsonl"
+    name = victim.name.split("~")[0]
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text("".join(line for line in lines if f'"name":"{name}"' not in line))
+    third = run(config, out=out, workers=1, progress=False)  # neither file nor line: rerun
     assert third.meta["ran"] == 1
     after = json.loads(victim.read_text())["row"]
-    assert {k: v for k, v in after.items() if k not in ("wall_s", "images_per_s")} == {
-        k: v for k, v in before.items() if k not in ("wall_s", "images_per_s")
-    }
+    assert numbers(after) == numbers(before)
+
+
+def test_resume_reads_the_index_and_recovers_cells_it_lost(
+    tiny_run: tuple[Results, Path], tiny_toml: Path
+) -> None:
+    first, out = tiny_run
+    config = StudyConfig.from_toml(tiny_toml)
+    (out / "cells" / "index.jsonl").unlink()  # as if every writer died before its line
+    again = run(config, out=out, workers=1, progress=False)
+    assert again.meta["ran"] == 0 and again.meta["store"]["recovered"] == len(first.rows)
+    assert [numbers(r) for r in again.rows] == [numbers(r) for r in first.rows]
+    third = run(config, out=out, workers=1, progress=False)
+    assert third.meta["store"] == {
+        "indexed": len(first.rows), "recovered": 0, "damaged": 0, "duplicates": 0
+    }  # fmt: skip
 
 
 def test_a_larger_grid_reuses_the_cells_of_a_smaller_one(
@@ -88,12 +111,14 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
-def test_importing_bnkit_does_not_import_the_study() -> None:
+def test_importing_bnkit_does_not_import_the_study_nor_the_study_ray() -> None:
     # (tqdm is left out: torch itself imports it)
     code = (
         "import sys, bnkit; "
-        "bad = [m for m in ('bnkit.study', 'sklearn', 'scipy', 'matplotlib', 'PIL') "
-        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "bad = [m for m in ('bnkit.study', 'sklearn', 'scipy', 'matplotlib', 'PIL', 'ray') "
+        "if m in sys.modules]; "
+        "import bnkit.study, bnkit.cli; bad += ['ray'] if 'ray' in sys.modules else []; "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

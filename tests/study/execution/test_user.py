@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,9 @@ CONFIG = {
 
 def bench(data: str, model: str | None = "bnkit_user_models:bn_net", **kw: object) -> Bench:
     config = StudyConfig().replace_from(CONFIG)
-    return make_bench(BenchSpec(config, "unused", "cpu", UserSpec(model, data, **kw)))  # type: ignore[arg-type]
+    cache = tempfile.mkdtemp(prefix="bnkit-test-")  # the normalization is cached there
+    atexit.register(shutil.rmtree, cache, True)
+    return make_bench(BenchSpec(config, cache, "cpu", UserSpec(model, data, **kw)))  # type: ignore[arg-type]
 
 
 def test_a_study_on_image_folders(models: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -37,7 +39,23 @@ def test_second_pretraining_is_a_cache_hit_with_identical_weights(tmp_path: Path
     assert first.val_accuracy == second.val_accuracy and first.steps == second.steps
     assert weights_digest(first.model) == weights_digest(second.model)
     assert not second.model.training
-    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temporary files left
+    names = sorted(p.name for p in tmp_path.iterdir())  # no temporary files left
+    assert names == [first.path.name, first.path.name + ".lock"]
+
+
+def test_processes_needing_one_model_wait_for_the_one_training_it(tmp_path: Path) -> None:
+    """Regression: workers that needed the same source model raced to train it."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        got = list(pool.map(_hit_and_digest, [tmp_path] * 2))
+    assert sorted(hit for hit, _ in got) == [False, True]
+    assert len({digest for _, digest in got}) == 1
+
+
+def _hit_and_digest(cache: Path) -> tuple[bool, str]:
+    torch.set_num_threads(1)
+    got = _pretrain(cache)
+    return got.cache_hit, weights_digest(got.model)
 
 
 def test_training_stops_when_the_held_out_loss_stops_improving(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bnkit import bn_layers
+from bnkit.study.data.feed import Feed
 from bnkit.study.data.scenarios import split_of
 from bnkit.study.models.resnet import build_model
 from bnkit.study.protocols import bn_only as module
@@ -29,7 +30,7 @@ def test_bn_only_training_changes_only_gamma_and_beta(monkeypatch: pytest.Monkey
 
     logits = module.bn_only_from_scratch(
         build, s.source_train, s.source_val, steps=5, lr=1.0, batch_size=64, seed=0,
-        device=torch.device("cpu"),
+        feed=Feed(torch.device("cpu")),
     )  # fmt: skip
     assert logits.shape == (len(s.source_val), 10)
     torch.manual_seed(zlib.crc32(b"bn-only-0"))  # the random network it started from

@@ -1,8 +1,8 @@
 """Reading study settings from TOML (or nested dicts), with errors that list what is allowed.
 
 A TOML file sets any subset of the fields of :class:`~bnkit.study.config.settings.StudyConfig`;
-the tables ``[pretrain]``, ``[test_time]``, ``[finetune]``, ``[bn_only]`` and ``[verdicts]``
-hold the fields of the matching sections::
+the tables ``[pretrain]``, ``[test_time]``, ``[finetune]``, ``[bn_only]``, ``[data]`` and
+``[verdicts]`` hold the fields of the matching sections::
 
     seeds = 3
     shifts = ["contrast", "gaussian_noise", "mnist_to_digits"]

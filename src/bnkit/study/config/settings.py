@@ -20,6 +20,7 @@ from bnkit.study.config.validate import validate
 __all__ = [
     "AdaptConfig",
     "BnOnlyConfig",
+    "DataConfig",
     "FineTuneConfig",
     "PretrainConfig",
     "StudyConfig",
@@ -32,7 +33,8 @@ class PretrainConfig:
     """Source training until convergence: SGD (momentum 0.9), linear warmup, then a constant
     learning rate; the held-out source loss is measured every ``eval_every`` steps and
     training stops when it has not improved for ``patience`` measurements (or at
-    ``max_steps``); the best measured weights are kept."""
+    ``max_steps``); the best measured weights are kept. ``eval_batch_size`` is the batch of
+    every prediction on source data (the held-out loss, the BN-only check's score)."""
 
     batch_size: int = 32
     lr: float = 0.05
@@ -41,6 +43,7 @@ class PretrainConfig:
     eval_every: int = 50
     patience: int = 3
     max_steps: int = 600
+    eval_batch_size: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,9 @@ class AdaptConfig:
     ``adabn`` on the whole pool and ``test_batch`` at the largest batch size. The stress arms
     (``tent_long``, ``tent_reset``) run on ``stress_shifts``: a stream of ``stress_images``
     images (the target test set again and again, each time in a new order) at TENT's
-    ``stress_lr``, scored on the last pass.
+    ``stress_lr``, scored on the last pass. ``eval_batch_size`` is the prediction batch of the
+    strategies that do not depend on the test batch (``source``, ``adabn``),
+    ``stats_batch_size`` the batch of AdaBN's statistics pass over the target pool.
     """
 
     strategies: tuple[str, ...] = (
@@ -77,6 +82,8 @@ class AdaptConfig:
     stress_images: int = 4096
     reset_every: int = 8
     stress_shifts: tuple[str, ...] = ("contrast", "gaussian_noise", *REAL)
+    eval_batch_size: int = 512
+    stats_batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +95,8 @@ class FineTuneConfig:
     of each strategy is then chosen on a labelled target validation split (never on the test
     set), separately per strategy and batch size. ``"none"`` among the shifts is the
     small-batch scenario without a shift (fine-tuning on more source-domain images).
+    ``eval_batch_size`` is the batch of the validation and test predictions,
+    ``stats_batch_size`` the batch of ``adabn_finetune``'s statistics pass.
     """
 
     strategies: tuple[str, ...] = ("pytorch", "frozen_stats", "bn_only", "adabn_finetune")
@@ -100,6 +109,8 @@ class FineTuneConfig:
     lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     curve_points: int = 5
     ghost_size: int = 4
+    eval_batch_size: int = 512
+    stats_batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,30 @@ class BnOnlyConfig:
 
     steps: int = 400
     lr: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """How images are read and fed to the model.
+
+    Args:
+        mean: per-channel mean subtracted from the user's images (``--data``); empty:
+            computed once on all source images, recorded in the report and in every cell's
+            key. The built-in data sets are used as they are, in [0, 1].
+        std: per-channel standard deviation the user's images are divided by; empty (with
+            ``mean``): computed once on the source images, as ``mean`` is.
+        loader_workers: ``DataLoader`` processes that read the user's image files for each
+            study worker; -1: 2 on a GPU, 0 (in the worker itself) on the CPU.
+        mixed_precision: compute under ``torch.autocast`` in bfloat16 (for GPUs; no loss
+            scaling is needed in bfloat16).
+        channels_last: the model and its inputs in channels-last memory format (for GPUs).
+    """
+
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    loader_workers: int = -1
+    mixed_precision: bool = False
+    channels_last: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +203,7 @@ class StudyConfig:
     test_time: AdaptConfig = AdaptConfig()
     finetune: FineTuneConfig = FineTuneConfig()
     bn_only: BnOnlyConfig = BnOnlyConfig()
+    data: DataConfig = DataConfig()
     verdicts: VerdictConfig = VerdictConfig()
 
     def __post_init__(self) -> None:
@@ -224,12 +260,14 @@ class StudyConfig:
         """The settings that decide what one cell of ``protocol`` computes.
 
         Grid axes (which seeds, shifts, strategies, sizes run) are left out, so a larger grid
-        reuses the cells of a smaller one made with the same settings.
+        reuses the cells of a smaller one made with the same settings; so is the number of
+        loader processes, which changes how fast images arrive, not which.
         """
         d = self.to_dict()
         axes = {"strategies", "adabn_n", "batch_sizes", "streams", "shifts", "shots", "lrs"}
         axes.add("stress_shifts")
-        keep: dict[str, Any] = {"width": d["width"], "pretrain": d["pretrain"]}
+        data = {k: v for k, v in d["data"].items() if k != "loader_workers"}
+        keep: dict[str, Any] = {"width": d["width"], "pretrain": d["pretrain"], "data": data}
         if protocol in d:
             keep[protocol] = {k: v for k, v in d[protocol].items() if k not in axes}
         return keep

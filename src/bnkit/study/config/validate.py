@@ -84,6 +84,17 @@ def validate(c: StudyConfig) -> None:
     _need(ft.curve_points >= 2, f"finetune curve_points must be >= 2 (got {ft.curve_points})")
     _need(ft.ghost_size >= 1, f"ghost_size must be >= 1 (got {ft.ghost_size})")
     _need(bo.steps >= 0, f"bn_only steps must be >= 0 (got {bo.steps})")
+    dc = c.data
+    evals = [pt.eval_batch_size, tt.eval_batch_size, tt.stats_batch_size, ft.eval_batch_size]
+    evals.append(ft.stats_batch_size)
+    _need(min(evals) >= 1, f"eval and stats batch sizes must be at least 1 (got {evals})")
+    _need(
+        len(dc.mean) == len(dc.std),
+        f"data mean and std need one value per channel each (got {list(dc.mean)} and "
+        f"{list(dc.std)})",
+    )
+    _need(all(s > 0 for s in dc.std), f"data std values must be > 0 (got {list(dc.std)})")
+    _need(dc.loader_workers >= -1, f"loader_workers must be >= -1 (got {dc.loader_workers})")
     _need(0.5 < vd.level < 1, f"verdicts level must be in (0.5, 1) (got {vd.level})")
     for name in ("big", "non_inferiority", "hurt", "chance_margin"):
         value = getattr(vd, name)

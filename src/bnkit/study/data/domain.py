@@ -15,9 +15,12 @@ import zlib
 import numpy as np
 from numpy.typing import NDArray
 
+from bnkit.study.data.files import FileImages
+
 __all__ = ["PARTS", "Domain", "Split", "fingerprint", "k_shot", "rng_for", "split"]
 
-Images = NDArray[np.float32]
+Images = NDArray[np.float32] | FileImages
+"""In memory (the built-in data sets, a data factory's) or image files read on demand."""
 Labels = NDArray[np.int64]
 
 PARTS = ("source_train", "source_val", "target_pool", "target_val", "target_test")
@@ -26,7 +29,8 @@ PARTS = ("source_train", "source_val", "target_pool", "target_val", "target_test
 
 @dataclasses.dataclass(frozen=True)
 class Domain:
-    """Images (N, C, H, W) in [0, 1] with their labels (N,)."""
+    """Images (N, C, H, W) with their labels (N,): an array in memory, or image files read
+    on demand (:class:`~bnkit.study.data.files.FileImages`)."""
 
     x: Images
     y: Labels
@@ -59,9 +63,12 @@ def rng_for(*parts: int | str) -> np.random.Generator:
 
 
 def fingerprint(domain: Domain) -> str:
-    """A digest of a domain's images and labels."""
+    """A digest of a domain's images (of its files, for files) and labels."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(domain.x).tobytes())
+    if isinstance(domain.x, FileImages):
+        h.update(domain.x.fingerprint().encode())
+    else:
+        h.update(np.ascontiguousarray(domain.x).tobytes())
     h.update(np.ascontiguousarray(domain.y).tobytes())
     return h.hexdigest()[:16]
 

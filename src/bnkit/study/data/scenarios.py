@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from bnkit.study.data.domain import Domain, Split, rng_for, split
 from bnkit.study.data.shifts import SHIFTS, apply_shift
 from bnkit.study.data.sources import load
@@ -61,8 +63,9 @@ def target_parts(
     parts = (("pool", s.target_pool), ("val", s.target_val), ("test", s.target_test))
     if shift == "none" or shift not in SHIFTS:
         return s.target_pool, s.target_val, s.target_test
-    pool, val, test = (
-        Domain(apply_shift(d.x, shift, severity, rng_for(seed, shift, severity, name)), d.y)
-        for name, d in parts
-    )
-    return pool, val, test
+    out = []
+    for name, d in parts:
+        assert isinstance(d.x, np.ndarray)  # the built-in data sets are in memory
+        rng = rng_for(seed, shift, severity, name)
+        out.append(Domain(apply_shift(d.x, shift, severity, rng), d.y))
+    return out[0], out[1], out[2]

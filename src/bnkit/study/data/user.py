@@ -5,10 +5,13 @@ An image-folder tree::
     DIR/source/<class>/*.png      the domain the model was (or will be) trained on
     DIR/target/<class>/*.png      the shifted domain (same class names)
 
-is read with Pillow (grayscale when every image is, else RGB; resized to ``image_size`` or to
-the first source image's size; scaled to [0, 1]); class ``i`` is the ``i``-th class folder in
-sorted order. A factory returns ``(source_dataset, target_dataset)``, each a sequence of
-``(image tensor (C, H, W), label)``; its labels are kept as given (see
+is listed, not loaded: the images are :class:`~bnkit.study.data.files.FileImages`, decoded with
+Pillow only when a batch needs them (grayscale when every image is, else RGB; resized to
+``image_size`` or to the first source image's size; scaled to [0, 1], then normalized); class
+``i`` is the ``i``-th class folder in sorted order. :func:`statistics` computes the per-channel
+mean and std of the source images in one streamed pass. A factory returns
+``(source_dataset, target_dataset)``, each a sequence of ``(image tensor (C, H, W), label)``,
+which are kept in memory; its labels are kept as given (see
 :func:`bnkit.study.models.user.output_labels` for how they must relate to the model's outputs).
 Every problem is a :class:`~bnkit.errors.StudyError` that names the folder, file or factory
 and says what was expected. :func:`identity` names the data for the cells' keys.
@@ -29,6 +32,7 @@ import torch
 
 from bnkit.errors import StudyError
 from bnkit.study.data.domain import Domain, fingerprint
+from bnkit.study.data.files import FileImages
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -38,6 +42,7 @@ __all__ = [
     "listing_hash",
     "load_factory",
     "load_folders",
+    "statistics",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -101,34 +106,45 @@ def load_folders(
             f"only in target: {only_t}"
         )
     names = sorted(src)
-    images: dict[Path, Any] = {}
+    modes = {}
     for files in (*src.values(), *tgt.values()):
         for path in files:
             try:
-                with Image.open(path) as img:
-                    img.load()
-                    images[path] = img.copy()
+                with Image.open(path) as img:  # reads the header, not the pixels
+                    modes[path] = img.mode
+                    if path == src[names[0]][0]:
+                        first = img.size
             except OSError as err:
                 raise StudyError(f"cannot read image {str(path)!r}: {err}") from None
-    gray = all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images.values())
-    first = images[src[names[0]][0]]
-    size = (image_size, image_size) if image_size else first.size
+    gray = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes.values())
+    width, height = (image_size, image_size) if image_size else first
+    tag = listing_hash(root)
 
     def domain(classes: dict[str, list[Path]]) -> Domain:
-        xs, ys = [], []
-        for label, name in enumerate(names):
-            for path in classes[name]:
-                img = (
-                    images[path]
-                    .convert("L" if gray else "RGB")
-                    .resize(size, Image.Resampling.BILINEAR)
-                )
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-                xs.append(arr[None] if gray else arr.transpose(2, 0, 1))
-                ys.append(label)
-        return Domain(np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64))
+        pairs = [(str(p), label) for label, name in enumerate(names) for p in classes[name]]
+        x = FileImages([p for p, _ in pairs], "L" if gray else "RGB", (height, width), tag=tag)
+        return Domain(x, np.asarray([y for _, y in pairs], dtype=np.int64))
 
     return domain(src), domain(tgt), names
+
+
+def statistics(
+    images: FileImages, workers: int = 0, batch_size: int = 256
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``images`` (before normalization), in one streamed pass."""
+    plain = images.normalized((), ())
+    loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, num_workers=workers)
+    total = torch.zeros(plain.channels, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for batch in loader:
+        x = batch.double().transpose(0, 1).reshape(plain.channels, -1)
+        total += x.sum(dim=1)
+        squares += (x * x).sum(dim=1)
+        count += x.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 
 def from_factory(spec: str) -> tuple[Domain, Domain, list[str]]:
@@ -197,6 +213,6 @@ def identity(data: str, source: Domain, target: Domain) -> dict[str, object]:
     """What names the user's data in a cell's key: a folder's listing hash, or the
     factory's name with the sizes and a digest of what it returned."""
     sizes = [len(source), len(target), list(source.x.shape[1:])]
-    if is_folder(data):
-        return {"folder": str(Path(data).resolve()), "listing": listing_hash(data), "sizes": sizes}
+    if isinstance(source.x, FileImages):
+        return {"folder": str(Path(data).resolve()), "listing": source.x.tag, "sizes": sizes}
     return {"factory": data, "sizes": sizes, "digest": fingerprint(source) + fingerprint(target)}

@@ -21,10 +21,18 @@ from bnkit.study.config.names import REAL
 from bnkit.study.config.settings import StudyConfig
 from bnkit.study.data import scenarios
 from bnkit.study.data.domain import PARTS, Domain, fingerprint
+from bnkit.study.data.feed import Feed
 from bnkit.study.data.shifts import levels
 from bnkit.study.data.sources import mnist_file
 from bnkit.study.models.resnet import build_model
-from bnkit.study.models.source import Pretrained, init_seed, pretrained, weights_digest
+from bnkit.study.models.source import (
+    Pretrained,
+    from_payload,
+    init_seed,
+    pretrained,
+    source_file,
+    weights_digest,
+)
 
 __all__ = ["Bench", "BenchSpec", "UserSpec"]
 
@@ -66,6 +74,13 @@ class Bench:
         self.device = torch.device(spec.device)
         self.image_size = self.config.image_size
         self._models: dict[tuple[str, str, int], Pretrained] = {}
+
+    @property
+    def feed(self) -> Feed:
+        """How images reach the model: the device, loader processes, memory format, autocast."""
+        d = self.config.data
+        workers = d.loader_workers if d.loader_workers >= 0 else 2 * (self.device.type != "cpu")
+        return Feed(self.device, workers, d.channels_last, d.mixed_precision)
 
     # ------------------------------------------------------------------ the grid
     @property
@@ -168,17 +183,39 @@ class Bench:
         key = (dataset, norm, seed)
         if key not in self._models:
             train, val = self.source_parts(dataset, seed)
-            self._models[key] = pretrained(
-                lambda: self.build(norm),
-                self.model_identity(dataset, norm),
-                train,
-                val,
-                settings=self.config.pretrain,
-                seed=seed,
-                cache_dir=Path(self.spec.cache_dir),
-                device=self.device,
-            )
+            with self.feed.autocast():
+                self._models[key] = pretrained(
+                    lambda: self.build(norm),
+                    self.model_identity(dataset, norm),
+                    train,
+                    val,
+                    settings=self.config.pretrain,
+                    seed=seed,
+                    cache_dir=Path(self.spec.cache_dir),
+                    device=self.device,
+                    feed=self.feed,
+                )
         return self._models[key]
+
+    def source_path(self, dataset: str, norm: str, seed: int) -> Path | None:
+        """The cache file of a source model the study trains (None: it trains none)."""
+        train, val = self.source_parts(dataset, seed)
+        return source_file(
+            lambda: self.build(norm),
+            self.model_identity(dataset, norm),
+            train,
+            val,
+            settings=self.config.pretrain,
+            seed=seed,
+            cache_dir=Path(self.spec.cache_dir),
+        )[1]
+
+    def adopt(self, dataset: str, norm: str, seed: int, payload: bytes) -> None:
+        """Take a source model trained elsewhere (its cache file's bytes) as this one's."""
+        path = self.source_path(dataset, norm, seed)
+        got = from_payload(self.build(norm), payload, path or Path("-"), self.device)
+        self.feed.place(got.model)
+        self._models[(dataset, norm, seed)] = got
 
     def source_models(self) -> list[tuple[str, str]]:
         """The (data set, norm) pairs whose source models the grid needs (the GroupNorm twin

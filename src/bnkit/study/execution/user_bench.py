@@ -7,10 +7,17 @@ checkpoint is trained on the source images until it converges (``[pretrain]``), 
 and cached. Per seed the source is split 90/10 into training and held-out parts and the target
 40/20/40 into the adaptation pool, the labelled validation part and the test part (stratified
 by class). The target is one domain, reported as the shift ``"target"``.
+
+Image folders are streamed (:mod:`bnkit.study.data.feed`); a factory's data stay in memory.
+Without ``[data] mean``/``std`` the images are normalized by the mean and std of all source
+images, computed once (cached next to the source models) and written into the bench's
+configuration, so they are reported and are part of every cell's key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,11 @@ import torch
 import torch.nn as nn
 
 from bnkit.errors import StudyError
+from bnkit.study.atomic import atomic_write
 from bnkit.study.data import user as user_data
 from bnkit.study.data.domain import Domain, rng_for, split
+from bnkit.study.data.feed import head
+from bnkit.study.data.files import FileImages
 from bnkit.study.execution.bench import Bench, BenchSpec
 from bnkit.study.models import user as user_model
 from bnkit.study.models.resnet import build_model
@@ -51,6 +61,7 @@ class UserBench(Bench):
         else:
             src, tgt, self.classes = user_data.from_factory(self.user.data)
         self.data_id = user_data.identity(self.user.data, src, tgt)
+        src, tgt = self._normalize(src, tgt)
         self.image_size = int(src.x.shape[-1])
         self._channels = int(src.x.shape[1])
         labels = sorted({int(y) for y in (*src.y.tolist(), *tgt.y.tolist())})
@@ -61,6 +72,45 @@ class UserBench(Bench):
         self.source, self.target = _relabel(src, self.mapping), _relabel(tgt, self.mapping)
         self._splits: dict[int, list[Domain]] = {}
 
+    def _normalize(self, src: Domain, tgt: Domain) -> tuple[Domain, Domain]:
+        """Normalize by the configured mean/std, or by the source's (then recorded)."""
+        data = self.config.data
+        if not data.mean:
+            mean, std = self._statistics(src)
+            data = dataclasses.replace(data, mean=tuple(mean), std=tuple(std))
+            self.config = dataclasses.replace(self.config, data=data)
+            self.spec = dataclasses.replace(self.spec, config=self.config)
+        channels = int(src.x.shape[1])
+        if len(data.mean) != channels:
+            raise StudyError(
+                f"[data] mean and std have {len(data.mean)} values, but the images have "
+                f"{channels} channel(s); give one value per channel"
+            )
+
+        def norm(d: Domain) -> Domain:
+            if isinstance(d.x, FileImages):
+                return Domain(d.x.normalized(data.mean, data.std), d.y)
+            mean = np.asarray(data.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(data.std, dtype=np.float32).reshape(1, -1, 1, 1)
+            return Domain(((d.x - mean) / std).astype(np.float32), d.y)
+
+        return norm(src), norm(tgt)
+
+    def _statistics(self, src: Domain) -> tuple[list[float], list[float]]:
+        if not isinstance(src.x, FileImages):
+            x = src.x.astype(np.float64).transpose(1, 0, 2, 3).reshape(src.x.shape[1], -1)
+            mean, std = x.mean(axis=1), np.maximum(x.std(axis=1), 1e-6)
+            return [round(float(m), 6) for m in mean], [round(float(v), 6) for v in std]
+        path = Path(self.spec.cache_dir) / f"normalization-{src.x.fingerprint()}.json"
+        try:
+            got = json.loads(path.read_text(encoding="utf-8"))
+            return list(got["mean"]), list(got["std"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        mean, std = user_data.statistics(src.x, self.feed.workers)
+        atomic_write(path, json.dumps({"mean": mean, "std": std, "images": len(src)}))
+        return mean, std
+
     @property
     def model_name(self) -> str:
         return self.user.model or BUILTIN
@@ -70,7 +120,7 @@ class UserBench(Bench):
         model = user_model.build(self.user.model)
         if self.user.checkpoint is not None:
             user_model.load_checkpoint(model, self.user.checkpoint, self.user.model)
-        return user_model.check_outputs(model, torch.from_numpy(src.x[:2]), self.user.model)
+        return user_model.check_outputs(model, head(src.x, 2), self.user.model)
 
     # ------------------------------------------------------------------ the grid
     @property
@@ -165,15 +215,22 @@ class UserBench(Bench):
             torch.manual_seed(init_seed(self.model_identity(dataset, norm), seed))
             model = self.build(norm)
             user_model.load_checkpoint(model, self.user.checkpoint, self.user.model)
-            model.to(self.device).eval()
+            self.feed.place(model).eval()
             val = self.source_parts(dataset, seed)[1]
-            acc = accuracy(
-                predict(model, torch.from_numpy(val.x).to(self.device)), torch.from_numpy(val.y)
-            )
+            with self.feed.autocast():
+                logits = predict(
+                    model, self.feed.images(val.x), self.config.pretrain.eval_batch_size
+                )
+            acc = accuracy(logits, torch.from_numpy(val.y))
             self._models[key] = Pretrained(
                 model, acc, 0.0, True, Path(self.user.checkpoint), 0, True
             )
         return self._models[key]
+
+    def source_path(self, dataset: str, norm: str, seed: int) -> Path | None:
+        if self.user.checkpoint is not None:
+            return None  # the checkpoint is the source model: nothing to train
+        return super().source_path(dataset, norm, seed)
 
     def source_models(self) -> list[tuple[str, str]]:
         return [("user", n) for n in self.norms]

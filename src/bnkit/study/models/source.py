@@ -8,18 +8,23 @@ of everything that decides the weights: the model's identity (its name and a dig
 initial weights), the training settings, the seed, digests of the training and held-out
 images, the device kind and the cache format. Files are written atomically and read with
 ``torch.load(weights_only=True)``, so a cache can be shared by concurrent processes and never
-executes code.
+executes code; a lock file next to each cache file makes the processes that need the same
+model wait for the one training it instead of training it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import hashlib
+import io
 import json
+import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from bnkit.study.atomic import atomic_file
 from bnkit.study.config.settings import PretrainConfig
 from bnkit.study.data.domain import Domain, fingerprint
+from bnkit.study.data.feed import Feed
 from bnkit.study.models.scores import accuracy
 from bnkit.study.models.training import fit, predict
 
@@ -37,8 +43,10 @@ __all__ = [
     "CACHE_VERSION",
     "Pretrained",
     "cache_key",
+    "from_payload",
     "init_seed",
     "pretrained",
+    "source_file",
     "weights_digest",
 ]
 
@@ -89,8 +97,56 @@ def cache_key(identity: dict[str, Any], settings: PretrainConfig, seed: int, dat
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _tensors(domain: Domain, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(domain.x).to(device), torch.from_numpy(domain.y).to(device)
+def source_file(
+    build: Callable[[], nn.Module],
+    identity: dict[str, Any],
+    source: Domain,
+    val: Domain,
+    *,
+    settings: PretrainConfig,
+    seed: int,
+    cache_dir: Path,
+) -> tuple[nn.Module, Path]:
+    """A freshly initialized model for ``seed`` and the cache file its trained weights go to.
+
+    ``identity`` names the model (``"name"``) and what else decides it (the device kind);
+    the initialization comes from ``seed`` and the name only, and its digest joins the key.
+    """
+    torch.manual_seed(init_seed(identity, seed))
+    model = build()
+    full = {**identity, "init": weights_digest(model)}
+    key = cache_key(full, settings, seed, fingerprint(source) + fingerprint(val))
+    label = str(identity.get("name", "model")).replace("/", "_").replace(":", "_")
+    return model, Path(cache_dir) / f"{label}-{key}.pt"
+
+
+def from_payload(model: nn.Module, payload: bytes, path: Path, device: torch.device) -> Pretrained:
+    """The source model whose cache file's bytes are ``payload`` (read with
+    ``weights_only=True``), as a cache hit: how executors hand a trained model to a task."""
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    model.to(device).eval()
+    return Pretrained(
+        model,
+        float(state["val_accuracy"]),
+        0.0,
+        True,
+        path,
+        int(state["steps"]),
+        bool(state["converged"]),
+    )
+
+
+@contextlib.contextmanager
+def _training_lock(path: Path) -> Iterator[None]:
+    """One process trains a model at a time; the others wait, then read its cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def pretrained(
@@ -103,39 +159,45 @@ def pretrained(
     seed: int,
     cache_dir: Path,
     device: torch.device,
+    feed: Feed | None = None,
 ) -> Pretrained:
     """The source model for ``seed``: from the cache, or trained on ``source`` and cached.
 
-    ``identity`` names the model (``"name"``) and what else decides it (the device kind);
-    the initialization comes from ``seed`` and the name only, and its digest joins the key.
+    Processes sharing a cache never train the same model twice: training holds a lock file
+    next to the cache file, and a process that waited for it reads the finished file.
+    ``feed`` says how images reach the model (default: in-memory tensors on ``device``).
     """
-    torch.manual_seed(init_seed(identity, seed))
-    model = build()
-    full = {**identity, "init": weights_digest(model)}
-    key = cache_key(full, settings, seed, fingerprint(source) + fingerprint(val))
-    label = str(identity.get("name", "model")).replace("/", "_").replace(":", "_")
-    path = Path(cache_dir) / f"{label}-{key}.pt"
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        model.to(device).eval()
-        return Pretrained(
-            model,
-            float(state["val_accuracy"]),
-            0.0,
-            True,
-            path,
-            int(state["steps"]),
-            bool(state["converged"]),
-        )
+    model, path = source_file(
+        build, identity, source, val, settings=settings, seed=seed, cache_dir=cache_dir
+    )
+    feed = feed or Feed(device)
+    with _training_lock(path):
+        if path.exists():
+            got = from_payload(model, path.read_bytes(), path, device)
+            feed.place(got.model)
+            return got
+        return _train(model, path, source, val, settings, seed, feed)
+
+
+def _train(
+    model: nn.Module,
+    path: Path,
+    source: Domain,
+    val: Domain,
+    settings: PretrainConfig,
+    seed: int,
+    feed: Feed,
+) -> Pretrained:
+    device = feed.device
+    key = path.stem.rsplit("-", 1)[-1]
     start = time.perf_counter()
-    model.to(device)
-    xs, ys = _tensors(source, device)
-    xv, yv = _tensors(val, device)
+    feed.place(model)
+    xs, ys = feed.images(source.x), torch.from_numpy(source.y).to(device)
+    xv, yv = feed.images(val.x), torch.from_numpy(val.y).to(device)
     best: dict[str, Any] = {"loss": float("inf"), "state": None, "step": 0, "stale": 0}
 
     def measure(step: int) -> bool:
-        logits = predict(model, xv).to(device)
+        logits = predict(model, xv, settings.eval_batch_size).to(device)
         loss = float(F.cross_entropy(logits, yv))
         if loss < best["loss"]:
             best.update(loss=loss, state=copy.deepcopy(model.state_dict()), step=step, stale=0)
@@ -159,7 +221,7 @@ def pretrained(
     converged = best["stale"] >= settings.patience
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    acc = accuracy(predict(model, xv), yv.cpu())
+    acc = accuracy(predict(model, xv, settings.eval_batch_size), yv.cpu())
     seconds = time.perf_counter() - start
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import bnkit
+from bnkit.study.data.feed import Images, gathered, in_batches, length
 
 __all__ = ["batches", "fit", "lr_at", "only_bn_affine", "predict"]
 
@@ -62,7 +63,7 @@ def lr_at(step: int, lr: float, steps: int, warmup: int, schedule: str) -> float
 
 def fit(
     model: nn.Module,
-    x: Tensor,
+    x: Images,
     y: Tensor,
     *,
     steps: int,
@@ -81,7 +82,8 @@ def fit(
 
     Args:
         model: the classifier; its BatchNorm layers behave as their policies say.
-        x, y: the training images and labels, on the model's device.
+        x, y: the training images (a tensor on the model's device, or streamed image files)
+            and labels (on the model's device).
         steps: optimizer steps.
         batch_size: samples per step (the whole set when larger than it).
         lr: peak learning rate.
@@ -99,11 +101,11 @@ def fit(
     ]
     opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
-    for i, idx in enumerate(batches(int(y.shape[0]), batch_size, steps, generator)):
+    order = batches(int(y.shape[0]), batch_size, steps, generator)
+    for i, (idx, xb) in enumerate(zip(order, gathered(x, order), strict=True)):
         for group in opt.param_groups:
             group["lr"] = lr_at(i, lr, steps, warmup, schedule)
-        idx = idx.to(x.device)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(model(xb), y[idx.to(y.device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -117,8 +119,10 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+def predict(model: nn.Module, x: Images, batch_size: int = 512) -> Tensor:
     """Logits of ``model`` in ``eval()`` mode over ``x``, in batches (CPU float tensor)."""
     model.eval()
-    parts = [model(x[i : i + batch_size]).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    parts = [model(xb).float().cpu() for xb in in_batches(x, batch_size)]
+    if not parts:
+        return torch.empty(length(x), 0)
     return torch.cat(parts)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from bnkit.study.data.domain import Domain
+from bnkit.study.data.feed import Feed
 from bnkit.study.models.training import fit, only_bn_affine, predict
 
 __all__ = ["bn_only_from_scratch"]
@@ -28,16 +29,17 @@ def bn_only_from_scratch(
     lr: float,
     batch_size: int,
     seed: int,
-    device: torch.device,
+    feed: Feed,
+    eval_batch_size: int = 512,
 ) -> torch.Tensor:
     """Held-out logits of a random network after ``steps`` SGD steps on gamma/beta only."""
     torch.manual_seed(zlib.crc32(f"bn-only-{seed}".encode()))
-    model = build().to(device)
+    model = feed.place(build())
     params = only_bn_affine(model)
     fit(
         model,
-        torch.from_numpy(source.x).to(device),
-        torch.from_numpy(source.y).to(device),
+        feed.images(source.x),
+        torch.from_numpy(source.y).to(feed.device),
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -46,4 +48,4 @@ def bn_only_from_scratch(
         warmup=max(1, steps // 10),
         schedule="cosine",
     )
-    return predict(model, torch.from_numpy(val.x).to(device))
+    return predict(model, feed.images(val.x), eval_batch_size)

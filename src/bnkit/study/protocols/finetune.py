@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 import bnkit
+from bnkit.study.data.feed import Images, in_batches
 from bnkit.study.models.scores import accuracy
 from bnkit.study.models.training import fit, only_bn_affine, predict
 from bnkit.study.protocols.test_time import Strategy
@@ -27,12 +28,14 @@ __all__ = ["FINETUNE", "FineTuneContext", "finetune"]
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneContext:
-    """Inputs of a fine-tuning run (tensors on the model's device; labels of val on CPU)."""
+    """Inputs of a fine-tuning run (images as tensors on the model's device or streamed
+    files; labels of val on CPU); ``eval_batch_size`` is the prediction batch,
+    ``stats_batch_size`` the batch of the statistics pass over the pool."""
 
-    x: Tensor
+    x: Images
     y: Tensor
-    pool: Tensor
-    val_x: Tensor
+    pool: Images
+    val_x: Images
     val_y: Tensor
     batch_size: int
     steps: int
@@ -41,6 +44,8 @@ class FineTuneContext:
     curve_points: int
     ghost_size: int
     generator: torch.Generator
+    eval_batch_size: int = 512
+    stats_batch_size: int = 64
 
 
 Prepare = Callable[[nn.Module, FineTuneContext], "list[nn.Parameter] | None"]
@@ -60,7 +65,8 @@ def _bn_only(model: nn.Module, ctx: FineTuneContext) -> list[nn.Parameter] | Non
 
 
 def _adabn_finetune(model: nn.Module, ctx: FineTuneContext) -> list[nn.Parameter] | None:
-    bnkit.recalibrate(model, torch.split(ctx.pool, 64), estimator="population", progress=False)
+    batches = in_batches(ctx.pool, ctx.stats_batch_size)
+    bnkit.recalibrate(model, batches, estimator="population", progress=False)
     bnkit.apply(model, "frozen_stats")
     return None
 
@@ -115,7 +121,7 @@ def finetune(model: nn.Module, strategy: str, ctx: FineTuneContext) -> list[floa
     validation accuracy before training and at ``curve_points - 1`` evenly spaced steps."""
 
     def val_accuracy() -> float:
-        return accuracy(predict(model, ctx.val_x), ctx.val_y)
+        return accuracy(predict(model, ctx.val_x, ctx.eval_batch_size), ctx.val_y)
 
     params = FINETUNE[strategy].fn(model, ctx)
     assert params is None or isinstance(params, list)

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 import bnkit
+from bnkit.study.data.feed import Images, in_batches
 from bnkit.study.models.training import predict
 
 __all__ = ["TEST_TIME", "Strategy", "StreamContext"]
@@ -25,16 +26,23 @@ __all__ = ["TEST_TIME", "Strategy", "StreamContext"]
 
 @dataclasses.dataclass(frozen=True)
 class StreamContext:
-    """Inputs of a test-time strategy (tensors on the model's device)."""
+    """Inputs of a test-time strategy (tensors on the model's device, or streamed files).
 
-    pool: Tensor
-    stream: Tensor
+    ``batch_size`` is the test batch of the strategies that depend on it; ``eval_batch_size``
+    the prediction batch of those that do not (``source``, ``adabn``); ``stats_batch_size``
+    the batch of AdaBN's pass over the pool.
+    """
+
+    pool: Images
+    stream: Images
     batch_size: int
     n: int | None
     prior_strength: float
     adapt_momentum: float
     tent_lr: float
     reset_every: int
+    eval_batch_size: int = 512
+    stats_batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,21 +57,20 @@ class Strategy:
 def _per_batch(model: nn.Module, ctx: StreamContext, call: Callable[[Tensor], Tensor]) -> Tensor:
     size = ctx.batch_size
     with torch.no_grad():
-        return torch.cat(
-            [call(ctx.stream[i : i + size]).float().cpu() for i in range(0, len(ctx.stream), size)]
-        )
+        return torch.cat([call(xb).float().cpu() for xb in in_batches(ctx.stream, size)])
 
 
 def _source(model: nn.Module, ctx: StreamContext) -> Tensor:
     if any(True for _ in bnkit.bn_layers(model)):
         bnkit.apply(model, "frozen")
-    return predict(model.eval(), ctx.stream)
+    return predict(model.eval(), ctx.stream, ctx.eval_batch_size)
 
 
 def _adabn(model: nn.Module, ctx: StreamContext) -> Tensor:
     pool = ctx.pool if ctx.n is None else ctx.pool[: ctx.n]
-    bnkit.recalibrate(model, torch.split(pool, 64), estimator="population", progress=False)
-    return predict(model.eval(), ctx.stream)
+    batches = in_batches(pool, ctx.stats_batch_size)
+    bnkit.recalibrate(model, batches, estimator="population", progress=False)
+    return predict(model.eval(), ctx.stream, ctx.eval_batch_size)
 
 
 def _with_policy(policy: Callable[[StreamContext], bnkit.Policy]) -> Callable[..., Tensor]:
@@ -81,10 +88,10 @@ def _tent(reset: bool) -> Callable[..., Tensor]:
         size, every = ctx.batch_size, ctx.reset_every
         out = []
         with bnkit.tent(model, lr=ctx.tent_lr, steps=1, episodic=False) as adapt, torch.no_grad():
-            for b, i in enumerate(range(0, len(ctx.stream), size)):
+            for b, xb in enumerate(in_batches(ctx.stream, size)):
                 if reset and b and b % every == 0:
                     adapt.reset()
-                out.append(adapt(ctx.stream[i : i + size]).float().cpu())
+                out.append(adapt(xb).float().cpu())
         return torch.cat(out)
 
     return run

@@ -57,6 +57,12 @@ def _setup(r: Results) -> str:
         for row in model_table(r)
     )
     labels += f" Source models on held-out source images: {held}." if held else ""
+    norm = m.get("normalization")
+    if norm:
+        labels += f" Images normalized by mean {norm['mean']} and std {norm['std']}."
+    feed = m.get("feed") or {}
+    on = [k.replace("_", " ") for k in ("mixed_precision", "channels_last") if feed.get(k)]
+    labels += f" Computed with {' and '.join(on)}." if on else ""
     return (
         f"Data: {m.get('data')} ({sizes}). Model: {m.get('model')}.{labels} {c['seeds']} "
         f"seeds; every number is the mean over seeds ± the half-width of its "
@@ -68,7 +74,8 @@ def _setup(r: Results) -> str:
         f"{ft['warmup_steps']} warmup steps, cosine decay), learning rate chosen per strategy "
         f"from {ft['lrs']} on the target validation split; k = {ft['shots']}; batch sizes "
         f"{ft['batch_sizes']}. Device: {m.get('device')}, {m.get('workers')} worker(s) × "
-        f"{m.get('threads_per_worker')} thread(s); {m.get('cells')} cells ({m.get('ran')} run "
+        f"{m.get('threads_per_worker')} thread(s) ({m.get('executor', 'local')} executor); "
+        f"{m.get('cells')} cells ({m.get('ran')} run "
         f"now, {m.get('skipped')} from an earlier run) in {m.get('wall_s', 0):.0f} s."
     )
 
