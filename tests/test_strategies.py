@@ -175,3 +175,37 @@ def test_a_one_sample_ghost_group_names_a_ghost_size_that_works() -> None:
         layer(torch.randn(5, 3))
     assert torch.equal(layer.running_mean, before) and int(layer.num_batches_tracked) == 0
     layer(torch.randn(6, 3))  # 2, 2 and 2: fine
+
+
+@pytest.mark.parametrize(("n", "ghost"), [(256, 8), (40, 16), (64, 16), (10, 4)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_ghost_batches_of_a_2d_input_match_one_batchnorm_per_group_bit_for_bit(
+    n: int, ghost: int, affine: bool, dtype: torch.dtype
+) -> None:
+    # ghost batches are TabNet's: each group on its own BatchNorm call, gradients included
+    layer = nn.BatchNorm1d(6, affine=affine).to(dtype)
+    randomize(layer)
+    ours = managed_copy(layer, bnkit.preset("ghost", ghost_size=ghost)).train()
+    x = _x((n, 6)).to(dtype).requires_grad_()
+    y = ours(x)
+    dy = _x((n, 6), seed=1).to(dtype)
+    y.backward(dy)
+    sizes = bnkit.functional.ghost_sizes(n, ghost)
+    xs = [c.detach().clone().requires_grad_() for c in x.detach().split(sizes)]
+    native = [copy.deepcopy(layer).train() for _ in sizes]
+    parts = [bn(c) for bn, c in zip(native, xs, strict=True)]
+    torch.autograd.backward(parts, list(dy.split(sizes)))
+    assert torch.equal(y, torch.cat(parts))
+    assert x.grad is not None
+    assert torch.equal(x.grad, torch.cat([c.grad for c in xs]))  # type: ignore[misc]
+    if affine:
+        for name in ("weight", "bias"):
+            grads = [getattr(bn, name).grad for bn in native]
+            assert torch.equal(getattr(ours, name).grad, torch.stack(grads).sum(0))
+    # each group's statistics, as its own BatchNorm saw them, folded once into the running ones
+    means = torch.stack([c.detach().mean(0) for c in xs])
+    variances = torch.stack([c.detach().var(0, unbiased=False) for c in xs])
+    mean, var = bnkit.functional.ghost_update_stats(means, variances, sizes)
+    torch.testing.assert_close(ours.running_mean, 0.9 * layer.running_mean + 0.1 * mean)  # type: ignore[operator]
+    torch.testing.assert_close(ours.running_var, 0.9 * layer.running_var + 0.1 * var)  # type: ignore[operator]
