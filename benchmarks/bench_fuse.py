@@ -6,13 +6,19 @@ that both see the same machine state; the table reports the 10th-percentile and 
 times and the ratio unfused / fused (above 1: the fused model is faster), per batch size. The
 largest output difference between the two models is printed too.
 
+A third model, timed in the same rotation, is the unfused one with every BatchNorm layer
+replaced by ``nn.Identity`` (wrong numbers, timing only): no fusion can be faster than leaving
+BatchNorm out, so ``unfused / no BN`` is the ceiling of what fusion can gain on this machine,
+whatever the goal.
+
     python benchmarks/bench_fuse.py [--model small|torchvision|timm] [--batches 1,64]
-        [--steps 300] [--width 16]
+        [--steps 300] [--width 16] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -45,18 +51,29 @@ def build(kind: str, width: int) -> tuple[nn.Module, int]:
     return timm.create_model("resnet18", pretrained=False), 224
 
 
-def paired(fn_a: Callable[[], object], fn_b: Callable[[], object], steps: int) -> list[list[float]]:
+def paired(*fns: Callable[[], object], steps: int) -> list[list[float]]:
+    """Step times of each of ``fns``, run in rotating order (A B C, B C A, C A B, ...)."""
     for _ in range(5):
-        fn_a()
-        fn_b()
-    times: list[list[float]] = [[], []]
-    for i in range(steps):
-        order = [(0, fn_a), (1, fn_b)]
-        for k, fn in order if i % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+        for fn in fns:
             fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(steps):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            start = time.perf_counter()
+            fns[k]()
             times[k].append(time.perf_counter() - start)
     return times
+
+
+def without_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm layer replaced by ``nn.Identity``."""
+    bare = copy.deepcopy(model)
+    for name, module in list(bare.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parent, _, child = name.rpartition(".")
+            setattr(bare.get_submodule(parent) if parent else bare, child, nn.Identity())
+    return bare
 
 
 def main() -> None:
@@ -65,18 +82,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--model", default="small", choices=["small", "torchvision", "timm"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, size = build(args.model, args.width)
     model.eval()
     _randomize_statistics(model)
     fused = bnkit.fuse(model)
+    bare = without_batchnorm(model)
     print(bnkit.convert.fuse_plan(model).__str__().splitlines()[0])
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         x = torch.randn(batch, 3, size, size)
         with torch.no_grad():
             diff = (fused(x) - model(x)).abs().max().item()
-            times = paired(lambda x=x: model(x), lambda x=x: fused(x), args.steps)
+            times = paired(
+                lambda x=x: model(x), lambda x=x: fused(x), lambda x=x: bare(x), steps=args.steps
+            )
         p10 = [statistics.quantiles(t, n=10)[0] for t in times]
         med = [statistics.median(t) for t in times]
         rows.append((batch, p10, med, diff))
@@ -85,12 +108,15 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, model {args.model}, 3x{size}x{size} input, "
         f"{args.steps} interleaved steps per batch size\n"
     )
-    print("| batch | unfused p10 ms | fused p10 ms | ratio (p10) | ratio (median) | max abs diff |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| batch | unfused p10 ms | fused p10 ms | no BN p10 ms | ratio (p10) | ratio (median) "
+        "| ceiling: unfused / no BN (p10) | max abs diff |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch, p10, med, diff in rows:
         print(
-            f"| {batch} | {1e3 * p10[0]:.2f} | {1e3 * p10[1]:.2f} | {p10[0] / p10[1]:.2f} | "
-            f"{med[0] / med[1]:.2f} | {diff:.1e} |"
+            f"| {batch} | {1e3 * p10[0]:.2f} | {1e3 * p10[1]:.2f} | {1e3 * p10[2]:.2f} | "
+            f"{p10[0] / p10[1]:.2f} | {med[0] / med[1]:.2f} | {p10[0] / p10[2]:.2f} | {diff:.1e} |"
         )
 
 
