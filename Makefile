@@ -40,7 +40,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-# `make test`: everything but the tests marked slow; `make test-slow`: those (Ray, docs build,
+# `make test`: everything but the tests marked slow; `make test-slow`: those (Ray,
 # study runs in subprocesses, several processes).
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -84,13 +84,11 @@ def _nav_pages(section: str) -> list[str]:
     raise AssertionError(f"no {section!r} section in the nav of mkdocs.yml")
 
 
-@pytest.mark.slow
 def test_the_site_builds_strict_without_warnings(site: Path) -> None:
     for page in ("explanation/questions/when-to-freeze", "how-to/freeze-pretrained", "reference"):
         assert (site / page / "index.html").exists(), page
 
 
-@pytest.mark.slow
 def test_search_works_offline_from_a_local_index(site: Path) -> None:
     index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
     pages = {doc["location"].split("#")[0] for doc in index["docs"]}
@@ -99,7 +97,6 @@ def test_search_works_offline_from_a_local_index(site: Path) -> None:
     assert (site / "search" / "worker.js").exists() and (site / "search" / "lunr.js").exists()
 
 
-@pytest.mark.slow
 def test_no_page_loads_anything_from_another_site(site: Path) -> None:
     remote = {
         f"{page.relative_to(site)}: {match.group(0)}"
@@ -109,7 +106,6 @@ def test_no_page_loads_anything_from_another_site(site: Path) -> None:
     assert not remote, sorted(remote)[:10]
 
 
-@pytest.mark.slow
 def test_every_public_name_is_in_the_reference(site: Path) -> None:
     rendered = {name for name, page in _inventory(site).items() if page.startswith("reference/")}
     missing = []
