@@ -30,6 +30,40 @@ def test_wrong_number_of_dims_names_the_layer_and_the_fix() -> None:
         model(torch.randn(2, 4, 5))
 
 
+@pytest.mark.parametrize(
+    ("cls", "shape", "hint"),
+    [
+        (nn.BatchNorm2d, (2, 4, 3, 3, 3), r"use BatchNorm3d for \(N, C, D, H, W\)"),
+        (nn.BatchNorm3d, (2, 4, 3, 3), r"use BatchNorm2d for \(N, C, H, W\)"),
+        (nn.BatchNorm2d, (2, 4), r"use BatchNorm1d for \(N, C\)"),
+    ],
+)
+def test_the_fix_names_the_class_and_layout_for_the_inputs_rank(
+    cls: type[nn.modules.batchnorm._BatchNorm], shape: tuple[int, ...], hint: str
+) -> None:
+    layer = bnkit.apply(cls(4), "pytorch")
+    with pytest.raises(InputError, match=hint):
+        layer(torch.randn(shape))
+
+
+@pytest.mark.parametrize(
+    ("cls", "shape", "expected"),
+    [
+        (nn.BatchNorm1d, (2, 4, 2, 2), "2D or 3D"),
+        (nn.BatchNorm2d, (2, 4, 2, 2, 2), "4D"),
+        (nn.BatchNorm3d, (2, 4, 2, 2, 2, 2), "5D"),
+        (nn.BatchNorm3d, (2, 4, 2, 2), "5D"),
+    ],
+)
+def test_each_class_accepts_only_its_own_ranks(
+    cls: type[nn.modules.batchnorm._BatchNorm], shape: tuple[int, ...], expected: str
+) -> None:
+    # the native kernel would run any rank from 2 up: the check is bnkit's
+    layer = bnkit.apply(cls(4), "pytorch")
+    with pytest.raises(InputError, match=f"expected {expected} input"):
+        layer(torch.randn(shape))
+
+
 def test_channel_mismatch() -> None:
     model = managed()
     with pytest.raises(InputError, match=r"layer '1' expected 4 channels in dim 1 \(got 3"):

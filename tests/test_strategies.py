@@ -209,3 +209,24 @@ def test_many_ghost_batches_of_a_2d_input_match_one_batchnorm_per_group_bit_for_
     mean, var = bnkit.functional.ghost_update_stats(means, variances, sizes)
     torch.testing.assert_close(ours.running_mean, 0.9 * layer.running_mean + 0.1 * mean)  # type: ignore[operator]
     torch.testing.assert_close(ours.running_var, 0.9 * layer.running_var + 0.1 * var)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_renorm_on_a_layer_without_a_counter_stays_at_its_first_steps_limits(
+    masked: bool,
+) -> None:
+    # no num_batches_tracked: every forward is the first, so warmup never ends (plain BatchNorm)
+    layer = nn.BatchNorm1d(3)
+    randomize(layer)
+    layer.num_batches_tracked = None
+    ours = bnkit.apply(
+        copy.deepcopy(layer), bnkit.preset("renorm", r_max=3.0, d_max=5.0, renorm_warmup=1)
+    ).train()
+    x = _x((8, 3, 4)) * 3
+    if masked:
+        with bnkit.mask(ours, torch.ones(8, 4, dtype=torch.bool)):
+            y = ours(x)
+    else:
+        y = ours(x)
+    expected = F.batch_norm(x, None, None, layer.weight, layer.bias, True)
+    torch.testing.assert_close(y, expected)

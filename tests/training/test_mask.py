@@ -107,6 +107,32 @@ def test_ghost_batches_under_a_mask_use_each_groups_valid_positions() -> None:
         start += size
 
 
+def test_ghost_batches_under_a_mask_count_one_update() -> None:
+    layer = bnkit.apply(nn.BatchNorm1d(3).double(), bnkit.preset("ghost", ghost_size=2)).train()
+    x, valid = _padded()
+    with bnkit.mask(layer, valid):
+        layer(x)
+    assert int(layer.num_batches_tracked) == 1
+
+
+def test_one_valid_value_leaves_running_statistics_alone_where_none_are_needed() -> None:
+    # normalizing with running statistics needs no batch statistics; one value per channel
+    # gives no variance to fold in, so the update is skipped (no NaN/Inf warning, no count)
+    layer = bnkit.apply(randomize(nn.BatchNorm1d(3).double()), "adapt").train()
+    before = copy.deepcopy(layer)
+    x, _ = _padded()
+    valid = torch.zeros(5, 6, dtype=torch.bool)
+    valid[2, 1] = True
+    with bnkit.mask(layer, valid):
+        y = layer(x)
+    expected = (x - before.running_mean[:, None]) / torch.sqrt(before.running_var[:, None] + 1e-5)
+    expected = expected * before.weight[:, None] + before.bias[:, None]
+    torch.testing.assert_close(y[2, :, 1], expected[2, :, 1])
+    assert torch.equal(layer.running_mean, before.running_mean)
+    assert torch.equal(layer.running_var, before.running_var)
+    assert int(layer.num_batches_tracked) == int(before.num_batches_tracked)
+
+
 def test_padding_never_moves_a_statistic_and_the_layer_comes_back() -> None:
     model = nn.Sequential(nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.ReLU())
     x, valid = _padded()
