@@ -64,6 +64,14 @@ def test_each_class_accepts_only_its_own_ranks(
         layer(torch.randn(shape))
 
 
+def test_sync_batchnorm_takes_every_rank_from_2_up_as_pytorch_does() -> None:
+    layer = bnkit.apply(nn.SyncBatchNorm(2), "pytorch").eval()
+    x = torch.randn([2, 2] + [1] * 63)  # 65 dimensions
+    assert torch.equal(layer(x), nn.SyncBatchNorm(2).eval()(x))
+    with pytest.raises(InputError, match=r"expected at least 2D input \(got 1D input\)"):
+        layer(torch.randn(2))
+
+
 def test_channel_mismatch() -> None:
     model = managed()
     with pytest.raises(InputError, match=r"layer '1' expected 4 channels in dim 1 \(got 3"):

@@ -77,15 +77,16 @@ def test_masked_statistics_equal_the_reference_on_the_unpadded_values(
         torch.testing.assert_close(layer.weight.grad, w.grad)
 
 
-def test_prior_mixing_under_a_mask_weighs_by_sequences() -> None:  # not by positions
-    policy = POLICIES["prior"]
+@pytest.mark.parametrize("strength", [1.0, 4.0])
+def test_prior_mixing_under_a_mask_weighs_by_sequences(strength: float) -> None:  # not positions
+    policy = bnkit.preset("prior", prior_strength=strength, update="ema")
     layer = bnkit.apply(randomize(nn.BatchNorm1d(3).double()), policy).train()
     pristine = copy.deepcopy(layer)
     x, valid = _padded()
     with bnkit.mask(layer, valid):
         y = layer(x)
     flat = _unpadded(x, valid)
-    w = 4.0 / (4.0 + len(LENGTHS))  # N / (N + sequences)
+    w = strength / (strength + len(LENGTHS))  # N / (N + sequences)
     mean = w * pristine.running_mean + (1 - w) * flat.mean(0)
     var = w * pristine.running_var + (1 - w) * flat.var(0, unbiased=False)
     expected = (flat - mean) / torch.sqrt(var + 1e-5) * pristine.weight + pristine.bias

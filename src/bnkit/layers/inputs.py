@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -13,12 +15,14 @@ from bnkit.policy import Normalize
 
 __all__ = ["NATIVE_DIMS", "check_input", "dims_of"]
 
-# Input ranks accepted by PyTorch's own classes, keyed by their _check_input_dim.
+_ANY = sys.maxsize
+# Input ranks accepted by PyTorch's own classes, keyed by their _check_input_dim (SyncBatchNorm
+# takes any rank from 2 up).
 NATIVE_DIMS: dict[object, tuple[int, int]] = {
     nn.BatchNorm1d._check_input_dim: (2, 3),
     nn.BatchNorm2d._check_input_dim: (4, 4),
     nn.BatchNorm3d._check_input_dim: (5, 5),
-    nn.SyncBatchNorm._check_input_dim: (2, 64),
+    nn.SyncBatchNorm._check_input_dim: (2, _ANY),
 }
 _CLASS_FOR_DIM = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 _SHAPE_FOR_DIM = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
@@ -42,7 +46,13 @@ def check_input(
     if dims is None:
         layer._check_input_dim(x)  # type: ignore[no-untyped-call]
     elif not dims[0] <= x.dim() <= dims[1]:
-        want = f"{dims[0]}D" if dims[0] == dims[1] else f"{dims[0]}D or {dims[1]}D"
+        lo, hi = dims
+        if hi == _ANY:
+            want = f"at least {lo}D"
+        elif lo == hi:
+            want = f"{lo}D"
+        else:
+            want = f"{lo}D to {hi}D" if hi > lo + 1 else f"{lo}D or {hi}D"
         hint = ""
         if x.dim() in _CLASS_FOR_DIM:
             hint = f"; use {_CLASS_FOR_DIM[x.dim()]} for {_SHAPE_FOR_DIM[x.dim()]} input"
