@@ -80,3 +80,21 @@ def test_ray_gives_the_local_pools_rows_and_reruns_a_killed_workers_task_once(
     assert [numbers(r) for r in again.rows] == [numbers(r) for r in local.rows]
     assert len(attempts) == 2
     assert children() <= before
+
+
+@pytest.mark.slow
+def test_ray_runs_the_quick_grid_with_the_local_pools_rows(tmp_path: Path) -> None:
+    # the whole quick grid (399 cells), 2 CPUs each way; the source models are trained once
+    pytest.importorskip("ray")
+    config = StudyConfig.quick()
+    cache = tmp_path / "cache"
+    pool = run(config, out=tmp_path / "pool", workers=2, cache=cache, progress=False)
+    before = children()
+    on_ray = run(
+        config, out=tmp_path / "ray", workers=2, cache=cache, executor="ray", progress=False
+    )
+    assert len(pool.rows) == len(on_ray.rows) == 399
+    assert [numbers(r) for r in on_ray.rows] == [numbers(r) for r in pool.rows]
+    assert on_ray.checks == pool.checks
+    assert on_ray.meta["executor"] == "ray" and pool.meta["executor"] != "ray"
+    assert children() <= before, "Ray left processes behind"
