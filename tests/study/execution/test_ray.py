@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +102,32 @@ def test_ray_runs_the_quick_grid_with_the_local_pools_rows(tmp_path: Path) -> No
     assert on_ray.checks == pool.checks
     assert on_ray.meta["executor"] == "ray" and pool.meta["executor"] != "ray"
     assert children() <= before, "Ray left processes behind"
+
+
+@pytest.mark.slow
+def test_ray_joins_a_running_cluster_at_its_address(
+    tiny_run: tuple[Results, Path], tiny_toml: Path, tmp_path: Path
+) -> None:
+    # `ray start --head` as on a cluster's head node, then `bnkit study --address`
+    pytest.importorskip("ray")
+    local, _ = tiny_run
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="bnkr")  # not under pytest's tmp_path: Ray's socket paths
+    start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+             "--include-dashboard=false", f"--temp-dir={temp}",
+             "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    try:
+        got = run(
+            StudyConfig.from_toml(tiny_toml), out=tmp_path / "out", workers=2,
+            executor="ray", address=f"127.0.0.1:{port}", progress=False,
+        )  # fmt: skip
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=180)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert [numbers(r) for r in got.rows] == [numbers(r) for r in local.rows]
+    assert got.meta["executor"] == "ray" and got.checks == local.checks
+    assert not (tmp_path / "out" / "ray").exists()  # a joined cluster keeps its own files
