@@ -115,7 +115,7 @@ def test_ray_joins_a_running_cluster_at_its_address(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="bnkr")  # not under pytest's tmp_path: Ray's socket paths
+    temp = tempfile.mkdtemp(prefix="bnkr")  # short: Ray puts socket paths under it
     start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
              "--include-dashboard=false", f"--temp-dir={temp}",
              "--disable-usage-stats"]  # fmt: skip
