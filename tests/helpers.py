@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import time
+from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -114,3 +118,21 @@ def assert_bitwise(a: dict[str, Tensor | None], b: dict[str, Tensor | None]) -> 
 def managed_copy(layer: _BatchNorm, policy: Policy | str) -> _BatchNorm:
     twin = copy.deepcopy(layer)
     return bnkit.apply(twin, policy)
+
+
+def outcome(fn: Callable[[], object]) -> tuple[str, float]:
+    """``("ok" or "ErrorType: message", seconds)`` of calling ``fn``: what a rank reports back."""
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as err:  # the outcome is what the test reads
+        return f"{type(err).__name__}: {err}", time.monotonic() - start
+    return "ok", time.monotonic() - start
+
+
+def join_gloo(rank: int, init: str) -> None:
+    """One thread, and this process as ``rank`` of a 2-process gloo group at ``init``."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )

@@ -4,8 +4,6 @@ short, with an error that says so."""
 
 from __future__ import annotations
 
-import datetime
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from tests.helpers import join_gloo, outcome
 from tests.nets import assert_same_state, batches, small_cnn, state
 
 import bnkit
@@ -36,30 +35,18 @@ def _loader(rank: int, fail_on: int | None) -> Any:
         yield batch
 
 
-def _timed(fn: Any) -> tuple[str, float]:
-    start = time.monotonic()
-    try:
-        fn()
-    except Exception as err:  # the outcome is what the test reads
-        return f"{type(err).__name__}: {err}", time.monotonic() - start
-    return "ok", time.monotonic() - start
-
-
 def _worker(rank: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
-    )
+    join_gloo(rank, init)
     try:
         results: dict[str, Any] = {}
         # 1. synchronized layers recalibrate like plain ones: exact, and no hang on unequal counts
         model = bnkit.synchronize(small_cnn().eval(), timeout=WAIT)
-        results["synced"] = _timed(lambda: bnkit.recalibrate(model, SHARDS[rank], progress=False))
+        results["synced"] = outcome(lambda: bnkit.recalibrate(model, SHARDS[rank], progress=False))
         results["synced_state"] = state(model)
         # 2. a loader that raises on rank 1 fails both ranks, and nothing changes
         model = bnkit.synchronize(small_cnn().eval(), timeout=WAIT)
         fail = 1 if rank == 1 else None
-        results["loader"] = _timed(
+        results["loader"] = outcome(
             lambda: bnkit.recalibrate(model, _loader(rank, fail), progress=False)
         )
         results["loader_state"] = state(model)
@@ -74,7 +61,7 @@ def _worker(rank: int, init: str, out: str) -> None:
                     raise BoomError("rank 1 died")
                 model(x).sum().backward()
 
-        results["train"] = _timed(train)
+        results["train"] = outcome(train)
         # 4. TENT on synchronized layers: rank 1 runs out of data first
         group = dist.new_group([0, 1])
         tent_model = bnkit.synchronize(small_cnn().eval(), group=group, timeout=WAIT)
@@ -84,7 +71,7 @@ def _worker(rank: int, init: str, out: str) -> None:
             for x in SHARDS[rank]:  # 2 batches on rank 0, 3 on rank 1
                 adapt(x)
 
-        results["tent"] = _timed(stream)
+        results["tent"] = outcome(stream)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -4,7 +4,6 @@ with nothing changed, and a rank that never calls fails the other in bounded tim
 
 from __future__ import annotations
 
-import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from tests.helpers import join_gloo, outcome
 from tests.nets import small_cnn, state
 
 import bnkit
@@ -34,27 +34,15 @@ def _trained(rank: int) -> nn.Module:
     return model
 
 
-def _outcome(fn: Any) -> tuple[str, float]:
-    start = time.monotonic()
-    try:
-        fn()
-    except Exception as err:  # the outcome is what the test reads
-        return f"{type(err).__name__}: {err}", time.monotonic() - start
-    return "ok", time.monotonic() - start
-
-
 def _worker(rank: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
-    )
+    join_gloo(rank, init)
     try:
         results: dict[str, Any] = {"before": state(_trained(rank))}
         model = _trained(rank)
-        results["mean"] = _outcome(lambda: bnkit.distribute_stats(model, timeout=WAIT))
+        results["mean"] = outcome(lambda: bnkit.distribute_stats(model, timeout=WAIT))
         results["mean_state"] = state(model)
         model = _trained(rank)
-        results["broadcast"] = _outcome(
+        results["broadcast"] = outcome(
             lambda: bnkit.distribute_stats(model, "broadcast", src=1, timeout=WAIT)
         )
         results["broadcast_state"] = state(model)
@@ -66,14 +54,14 @@ def _worker(rank: int, init: str, out: str) -> None:
         if rank == 1:
             model[4].running_var[0] = float("nan")
         results["nan_state_before"] = state(model)
-        results["nan"] = _outcome(lambda: bnkit.distribute_stats(model, timeout=WAIT))
+        results["nan"] = outcome(lambda: bnkit.distribute_stats(model, timeout=WAIT))
         results["nan_state"] = state(model)
-        results["nan_broadcast"] = _outcome(
+        results["nan_broadcast"] = outcome(
             lambda: bnkit.distribute_stats(model, "broadcast", timeout=WAIT)
         )
         # other layers on one rank: both refuse
         other = _trained(rank) if rank == 0 else nn.Sequential(nn.BatchNorm1d(3))
-        results["mismatch"] = _outcome(lambda: bnkit.distribute_stats(other, timeout=WAIT))
+        results["mismatch"] = outcome(lambda: bnkit.distribute_stats(other, timeout=WAIT))
         # rank 1 fails before it calls (and stays up): rank 0 gives up after WAIT seconds
         group = dist.new_group([0, 1])
         model = _trained(rank)
@@ -83,7 +71,7 @@ def _worker(rank: int, init: str, out: str) -> None:
                 raise RuntimeError("rank 1 died")
             bnkit.distribute_stats(model, group=group, timeout=WAIT)
 
-        results["dead"] = _outcome(epoch_end)
+        results["dead"] = outcome(epoch_end)
         if rank == 1:
             time.sleep(WAIT + 1)  # alive, but never calling: rank 0 must give up on its own
         torch.save(results, Path(out) / f"rank{rank}.pt")
