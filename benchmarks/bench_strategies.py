@@ -14,7 +14,9 @@ Two reference rows (eager only) measure floors rather than bnkit: ``floor: Pytho
 Function`` is native BatchNorm's own forward and backward kernels called from a minimal
 ``torch.autograd.Function`` — what any BatchNorm variant written in Python on PyTorch's kernels
 pays at least; ``floor: ghost by hand`` is ghost batches as users write them (TabNet's way:
-``torch.chunk``, one ``nn.BatchNorm1d`` call per chunk, ``torch.cat``).
+``torch.chunk``, one ``nn.BatchNorm1d`` call per chunk, ``torch.cat``); ``floor: prior's kernels
+alone`` is ``bnkit.functional.mixed_normalize`` without a managed layer around it (no update of
+the running statistics, no guard, no dispatch).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.nn as nn
 
 import bnkit
 from bench_forward import paired_times, step_fn
+from bnkit import functional as BF
 
 CASES: dict[str, bnkit.Policy] = {
     "renorm (r_max 3, d_max 5)": bnkit.preset("renorm"),
@@ -79,9 +82,25 @@ class GhostByHand(nn.Module):
         return torch.cat([self.bn(c) for c in chunks], 0)
 
 
+class PriorCore(nn.Module):
+    """Prior mixing from ``bnkit.functional`` alone: its kernels, without the layer's update."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        w = BF.prior_weight(16.0, x.shape[0])
+        return BF.mixed_normalize(
+            x, bn.weight, bn.bias, bn.running_mean, bn.running_var, w, bn.eps
+        )[0]
+
+
 FLOORS = {
     "floor: Python autograd Function": PythonFloor,
     "floor: ghost by hand (chunk, BatchNorm, cat)": lambda bn: GhostByHand(bn, 8),
+    "floor: prior's kernels alone (no update)": PriorCore,
 }
 
 
