@@ -7,6 +7,7 @@ so double backward is exact rather than silently wrong.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -62,6 +63,11 @@ def ghost_composite(
     return torch.cat(outs, dim=0), torch.stack(means), torch.stack(invstds)
 
 
+def _needed(needs: tuple[bool, ...], *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    """One gradient per forward input: ``grads`` where asked for, None elsewhere and after them."""
+    return tuple(g if need else None for g, need in itertools.zip_longest(grads, needs))
+
+
 def _grads(out: Tensor, inputs: tuple[Tensor | None, ...], dy: Tensor) -> tuple[Tensor | None, ...]:
     """d(out)/d(inputs)·dy with a graph (for second derivatives); None where not needed."""
     wanted = [t for t in inputs if t is not None and t.requires_grad]
@@ -111,8 +117,7 @@ class GhostBatchNorm(torch.autograd.Function):
         if torch.is_grad_enabled():
             with torch.enable_grad():
                 out = ghost_composite(x, weight, bias, ctx.sizes, ctx.eps)[0]
-            gx, gw, gb = _grads(out, (x, weight, bias), dy)
-            return gx, gw, gb, None, None, None
+            return _needed(needs, *_grads(out, (x, weight, bias), dy))
         dx = torch.empty_like(x)
         dy = dy.contiguous(memory_format=_format(x))
         channels = x.shape[1]
@@ -129,14 +134,7 @@ class GhostBatchNorm(torch.autograd.Function):
             start += size
         dweight = dweights.sum(0) if weight is not None else None
         dbias = dbiases.sum(0) if bias is not None else None
-        return (
-            dx if needs[0] else None,
-            dweight if needs[1] else None,
-            dbias if needs[2] else None,
-            None,
-            None,
-            None,
-        )
+        return _needed(needs, dx, dweight, dbias)
 
 
 class MixedNormalize(torch.autograd.Function):
@@ -172,19 +170,16 @@ class MixedNormalize(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, var, batch_mean, running_mean, running_var = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        tail = (None,) * 6
         if torch.is_grad_enabled():
+            # the formulas' own modules import this one: import them where they are needed
+            from bnkit.functional.normalize import affine_normalize
+            from bnkit.functional.strategies import prior_mix
+
             with torch.enable_grad():
                 b_mean, b_var = moments(x)
-                m = ctx.w * running_mean + (1 - ctx.w) * b_mean
-                v = ctx.w * running_var + (1 - ctx.w) * b_var
-                scale = torch.rsqrt(v + ctx.eps)
-                if weight is not None:
-                    scale = scale * weight
-                out = (x - per_channel(m, x)) * per_channel(scale, x)
-                if bias is not None:
-                    out = out + per_channel(bias, x)
-            return (*_grads(out, (x, weight, bias), dy), *tail)
+                m, v = prior_mix(ctx.w, running_mean, running_var, b_mean, b_var)
+                out = affine_normalize(x, m, v, weight, bias, ctx.eps)
+            return _needed(needs, *_grads(out, (x, weight, bias), dy))
         # The reductions Σdy·x̂ and Σdy from BatchNorm's own backward kernel (one pass)...
         _, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
             dy, x, weight, mean, var, None, None, False, ctx.eps, [False, True, True]
@@ -199,12 +194,7 @@ class MixedNormalize(torch.autograd.Function):
             # ...then dx = γs·dy − a·x − c in two passes (no third over dx)
             dx = torch.addcmul(per_channel(-c, x).to(x.dtype), x, per_channel(-a, x).to(x.dtype))
             dx.addcmul_(dy, per_channel(gamma, x).to(x.dtype))
-        return (
-            dx if needs[0] else None,
-            dweight if needs[1] else None,
-            dbias if needs[2] else None,
-            *tail,
-        )
+        return _needed(needs, dx, dweight, dbias)
 
 
 class BatchNormOnStats(torch.autograd.Function):
@@ -237,15 +227,8 @@ class BatchNormOnStats(torch.autograd.Function):
         if torch.is_grad_enabled():
             with torch.enable_grad():
                 out = F.batch_norm(x, None, None, weight, bias, True, 0.0, ctx.eps)
-            return (*_grads(out, (x, weight, bias), dy), None, None, None)
+            return _needed(needs, *_grads(out, (x, weight, bias), dy))
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
             dy, x, weight, None, None, mean, invstd, True, ctx.eps, [needs[0], True, True]
         )
-        return (
-            dx if needs[0] else None,
-            dweight if needs[1] else None,
-            dbias if needs[2] else None,
-            None,
-            None,
-            None,
-        )
+        return _needed(needs, dx, dweight, dbias)

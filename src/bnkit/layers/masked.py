@@ -19,7 +19,7 @@ from bnkit import functional as BF
 from bnkit.errors import InputError
 from bnkit.layers.state import ManagedState, Plan
 from bnkit.layers.sync import Exchange, global_moments
-from bnkit.layers.update import Update, running
+from bnkit.layers.update import Update, renorm_limits, running
 from bnkit.policy import Normalize
 
 __all__ = ["run"]
@@ -60,11 +60,7 @@ def run(
         mean, var = batch_mean, batch_var
     elif mode is Normalize.RENORM:
         assert run_mean is not None and run_var is not None
-        limits = BF.renorm_limits(
-            0 if layer.num_batches_tracked is None else layer.num_batches_tracked,
-            state.policy.r_max, state.policy.d_max,
-            state.policy.renorm_warmup, state.policy.renorm_ramp,
-        )  # fmt: skip
+        limits = renorm_limits(layer, state)
         r, d = BF.renorm_correction(batch_mean, batch_var, run_mean, run_var, layer.eps, *limits)
         weight, bias = BF.renorm_fold(weight, bias, r, d)
         mean, var = batch_mean, batch_var

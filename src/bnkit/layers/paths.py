@@ -23,7 +23,7 @@ from bnkit.layers.probe import ACTIVE, mark
 from bnkit.layers.recompute import recomputing, replay
 from bnkit.layers.state import ATTR, ManagedState, Plan
 from bnkit.layers.sync import Exchange, exchange_for, global_moments
-from bnkit.layers.update import Update, running
+from bnkit.layers.update import Update, renorm_limits, running
 from bnkit.policy import Normalize
 
 __all__ = ["run"]
@@ -157,13 +157,6 @@ def _running(
         BF.update_running_stats(x, update.mean, update.var, update.factor)
     update.commit()
     return BF.normalize(x, used_mean, used_var, *affine, layer.eps)
-
-
-def renorm_limits(layer: _BatchNorm, state: ManagedState) -> tuple[float | Tensor, float | Tensor]:
-    """The renorm limits after the layer's updates so far (on the device when counted)."""
-    p, nbt = state.policy, layer.num_batches_tracked
-    step: int | Tensor = 0 if nbt is None else nbt
-    return BF.renorm_limits(step, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp)
 
 
 def _renorm(

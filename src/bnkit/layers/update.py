@@ -23,7 +23,7 @@ from bnkit.layers.state import ManagedState, Plan
 from bnkit.layers.sync import Exchange, global_moments
 from bnkit.policy import Normalize
 
-__all__ = ["Update", "running", "sync_free"]
+__all__ = ["Update", "renorm_limits", "running", "sync_free"]
 
 
 def sync_free(t: Tensor) -> bool:
@@ -40,6 +40,14 @@ def running(layer: _BatchNorm, state: ManagedState) -> tuple[Tensor, Tensor]:
             "(built with track_running_stats=False) but its policy needs them"
         )
     return mean, var
+
+
+def renorm_limits(layer: _BatchNorm, state: ManagedState) -> tuple[float | Tensor, float | Tensor]:
+    """The renorm limits after the layer's updates so far (on the device when counted; a layer
+    without a counter is always at its first update)."""
+    p, nbt = state.policy, layer.num_batches_tracked
+    step: int | Tensor = 0 if nbt is None else nbt
+    return BF.renorm_limits(step, p.r_max, p.d_max, p.renorm_warmup, p.renorm_ramp)
 
 
 class Update:
