@@ -6,9 +6,12 @@ import copy
 import datetime
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -136,3 +139,9 @@ def join_gloo(rank: int, init: str) -> None:
     dist.init_process_group(
         "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
     )
+
+
+def two_ranks(worker: Callable[[int, str, str], None], tmp: Path) -> list[dict[str, Any]]:
+    """Run ``worker(rank, init, out)`` in 2 processes; what each saved as ``out/rank<r>.pt``."""
+    mp.spawn(worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
-from tests.helpers import join_gloo, outcome
+from tests.helpers import join_gloo, outcome, two_ranks
 from tests.nets import small_cnn, state
 
 import bnkit
@@ -81,9 +80,7 @@ def _worker(rank: int, init: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("distribute")
-    mp.spawn(_worker, args=(f"file://{tmp / 'store'}", str(tmp)), nprocs=2, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return two_ranks(_worker, tmp_path_factory.mktemp("distribute"))
 
 
 def _stats_keys(s: dict[str, torch.Tensor]) -> list[str]:

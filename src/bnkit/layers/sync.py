@@ -23,7 +23,15 @@ from torch import Tensor
 from bnkit.errors import DistributedError, InputError
 from bnkit.functional.stats import channel_dims, per_channel
 
-__all__ = ["LOCAL", "Exchange", "SyncSpec", "all_reduce_sum", "exchange_for", "global_moments"]
+__all__ = [
+    "LOCAL",
+    "Exchange",
+    "SyncSpec",
+    "all_reduce_sum",
+    "exchange_for",
+    "global_moments",
+    "wait_collective",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +89,21 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
+def wait_collective(work: Any, timeout: float | None) -> None:
+    """Wait for an asynchronous collective, at most ``timeout`` seconds (None: the process
+    group's own limit); gloo/NCCL errors and timeouts raise ``RuntimeError``."""
+    if timeout is None:
+        work.wait()
+    else:
+        work.wait(timeout=datetime.timedelta(seconds=timeout))
+
+
 def _all_reduce(t: Tensor, ex: Exchange, what: str) -> None:
     """Sum ``t`` over the ranks in place; a rank left waiting raises a clear error."""
     try:
-        work = dist.all_reduce(t, op=dist.ReduceOp.SUM, group=ex.group, async_op=True)
-        assert work is not None
-        if ex.timeout is None:
-            work.wait()
-        else:
-            work.wait(timeout=datetime.timedelta(seconds=ex.timeout))
+        wait_collective(
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=ex.group, async_op=True), ex.timeout
+        )
     except RuntimeError as err:  # gloo/NCCL errors, timeouts included
         ranks = dist.get_world_size(ex.group)
         limit = f"{ex.timeout:g} s" if ex.timeout is not None else "the process group's timeout"

@@ -28,7 +28,7 @@ calls leaves the others waiting until ``timeout``.
 
 from __future__ import annotations
 
-import datetime
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -38,6 +38,7 @@ from torch import Tensor
 
 from bnkit.errors import DistributedError, PolicyError
 from bnkit.layers.select import Where, bn_layers, select, unwrap
+from bnkit.layers.sync import wait_collective
 
 __all__ = ["distribute_stats"]
 
@@ -136,12 +137,10 @@ class _Exchange:
     def __init__(self, group: Any, timeout: float | None, world: int) -> None:
         self.group, self.timeout, self.world = group, timeout, world
 
-    def _wait(self, work: Any, what: str) -> None:
+    def _run(self, start: Callable[[], Any], what: str) -> None:
+        """Start a collective and wait for it; any failure is one clear error."""
         try:
-            if self.timeout is None:
-                work.wait()
-            else:
-                work.wait(timeout=datetime.timedelta(seconds=self.timeout))
+            wait_collective(start(), self.timeout)
         except RuntimeError as err:  # gloo/NCCL errors, timeouts included
             limit = f"{self.timeout:g} s" if self.timeout is not None else "the group's timeout"
             raise DistributedError(
@@ -151,22 +150,10 @@ class _Exchange:
             ) from err
 
     def all_reduce(self, t: Tensor, op: Any, what: str) -> None:
-        try:
-            work = dist.all_reduce(t, op=op, group=self.group, async_op=True)
-        except RuntimeError as err:
-            raise DistributedError(
-                f"distribute_stats: the exchange of {what} failed: {err}"
-            ) from err
-        self._wait(work, what)
+        self._run(lambda: dist.all_reduce(t, op=op, group=self.group, async_op=True), what)
 
     def broadcast(self, t: Tensor, src: int, what: str) -> None:
-        try:
-            work = dist.broadcast(t, src=src, group=self.group, async_op=True)
-        except RuntimeError as err:
-            raise DistributedError(
-                f"distribute_stats: the exchange of {what} failed: {err}"
-            ) from err
-        self._wait(work, what)
+        self._run(lambda: dist.broadcast(t, src=src, group=self.group, async_op=True), what)
 
     def agree(self, layers: list[tuple[str, nn.Module]], mode: str, src: int) -> None:
         """Every rank learns whether every rank can take part; all raise together if not."""

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bnkit.study.config.names import REAL
+from bnkit.study.config.names import REAL, STREAMS, TEST_TIME_STRATEGIES
 from bnkit.study.config.parse import convert, read_toml
 from bnkit.study.config.validate import validate
 
@@ -60,19 +60,10 @@ class AdaptConfig:
     ``stats_batch_size`` the batch of AdaBN's statistics pass over the target pool.
     """
 
-    strategies: tuple[str, ...] = (
-        "source",
-        "adabn",
-        "test_batch",
-        "prior",
-        "adapt",
-        "tent",
-        "tent_long",
-        "tent_reset",
-    )
+    strategies: tuple[str, ...] = TEST_TIME_STRATEGIES  # every one the study knows
     adabn_n: tuple[int | None, ...] = (16, 64, None)
     batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
-    streams: tuple[str, ...] = ("iid", "sorted", "dirichlet")
+    streams: tuple[str, ...] = STREAMS
     dirichlet_alpha: float = 0.1
     prior_strength: float = 16.0
     adapt_momentum: float = 0.01

@@ -16,6 +16,7 @@ configuration, so they are reported and are part of every cell's key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -102,11 +103,9 @@ class UserBench(Bench):
             mean, std = x.mean(axis=1), np.maximum(x.std(axis=1), 1e-6)
             return [round(float(m), 6) for m in mean], [round(float(v), 6) for v in std]
         path = Path(self.spec.cache_dir) / f"normalization-{src.x.fingerprint()}.json"
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # not cached yet
             got = json.loads(path.read_text(encoding="utf-8"))
             return list(got["mean"]), list(got["std"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
         mean, std = user_data.statistics(src.x, self.feed.workers)
         atomic_write(path, json.dumps({"mean": mean, "std": std, "images": len(src)}))
         return mean, std
