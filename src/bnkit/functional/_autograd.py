@@ -8,13 +8,14 @@ so double backward is exact rather than silently wrong.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnkit.functional.stats import moments, per_channel, values_per_channel
+from bnkit.functional.stats import per_channel, values_per_channel
 
 __all__ = ["BatchNormOnStats", "GhostBatchNorm", "MixedNormalize", "dense", "ghost_composite"]
 
@@ -140,9 +141,10 @@ class GhostBatchNorm(torch.autograd.Function):
 class MixedNormalize(torch.autograd.Function):
     """Normalization with running statistics mixed with the batch's, on native kernels.
 
-    The gradient through the batch part of the mix is added to the eval-mode BatchNorm
-    gradient; with mixed statistics (mean, var), s = 1/sqrt(var + eps), batch mean m_B, weight
-    w of the running statistics and n values per channel::
+    ``mean`` and ``var`` are the mixed statistics, ``w`` the weight of the running ones;
+    ``composite(x, weight, bias)`` computes the same output from differentiable ops, for second
+    derivatives. The gradient through the batch part of the mix is added to the eval-mode
+    BatchNorm gradient; with s = 1/sqrt(var + eps), batch mean m_B and n values per channel::
 
         dx = γ s [dy − (1−w)/n · Σdy − (1−w) s/n · Σ(dy·x̂) · (x − m_B)]
     """
@@ -153,32 +155,24 @@ class MixedNormalize(torch.autograd.Function):
         x: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
-        running_mean: Tensor,
-        running_var: Tensor,
+        mean: Tensor,
+        var: Tensor,
         batch_mean: Tensor,
-        batch_var: Tensor,
         w: float,
         eps: float,
+        composite: Callable[[Tensor, Tensor | None, Tensor | None], Tensor],
     ) -> Tensor:
-        mean = w * running_mean + (1 - w) * batch_mean
-        var = w * running_var + (1 - w) * batch_var
-        ctx.save_for_backward(x, weight, bias, mean, var, batch_mean, running_mean, running_var)
-        ctx.w, ctx.eps, ctx.n = w, eps, values_per_channel(x)
+        ctx.save_for_backward(x, weight, bias, mean, var, batch_mean)
+        ctx.w, ctx.eps, ctx.n, ctx.composite = w, eps, values_per_channel(x), composite
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, bias, mean, var, batch_mean, running_mean, running_var = ctx.saved_tensors
+        x, weight, bias, mean, var, batch_mean = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
-            # the formulas' own modules import this one: import them where they are needed
-            from bnkit.functional.normalize import affine_normalize
-            from bnkit.functional.strategies import prior_mix
-
             with torch.enable_grad():
-                b_mean, b_var = moments(x)
-                m, v = prior_mix(ctx.w, running_mean, running_var, b_mean, b_var)
-                out = affine_normalize(x, m, v, weight, bias, ctx.eps)
+                out = ctx.composite(x, weight, bias)
             return _needed(needs, *_grads(out, (x, weight, bias), dy))
         # The reductions Σdy·x̂ and Σdy from BatchNorm's own backward kernel (one pass)...
         _, dweight, dbias = torch.ops.aten.native_batch_norm_backward(

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from bnkit.functional import _autograd
-from bnkit.functional.normalize import transformed
-from bnkit.functional.stats import batch_stats, unbiased
+from bnkit.functional.normalize import affine_normalize, transformed
+from bnkit.functional.stats import batch_stats, moments, unbiased
 
 __all__ = [
     "ghost_normalize",
@@ -145,7 +145,13 @@ def mixed_normalize(
     Returns the output and the batch mean and biased variance.
     """
     batch_mean, batch_var = batch_stats(x)
+    mean, var = prior_mix(w, running_mean, running_var, batch_mean, batch_var)
+
+    def composite(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        m, v = prior_mix(w, running_mean, running_var, *moments(x))
+        return affine_normalize(x, m, v, weight, bias, eps)
+
     out: Tensor = _autograd.MixedNormalize.apply(  # type: ignore[no-untyped-call]
-        x, weight, bias, running_mean, running_var, batch_mean, batch_var, w, eps
+        x, weight, bias, mean, var, batch_mean, w, eps, composite
     )
     return out, batch_mean, batch_var
